@@ -1,0 +1,33 @@
+"""``python -m app``: serve on 0.0.0.0:8000 (``--host``/``--port`` or COVIDSEG_HOST/COVIDSEG_PORT)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from app.core.config import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings()
+    p = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    p.add_argument("--host", default=settings.host)
+    p.add_argument("--port", type=int, default=settings.port)
+    p.add_argument("--model-path", default=None, help="ONNX model (default COVIDSEG_MODEL_PATH or the shipped one)")
+    args = p.parse_args(argv)
+    updates = {"host": args.host, "port": args.port}
+    if args.model_path:
+        updates["model_path"] = args.model_path
+    settings = settings.model_copy(update=updates)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.main import create_app
+
+    # One worker: a second process would load a second copy of the model onto the same cores.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

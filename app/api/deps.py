@@ -1,0 +1,50 @@
+"""Dependencies injected into routes: settings, the loaded model service, API-key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+
+from app.core.config import Settings
+from app.core.metrics import ServiceMetrics
+from app.services.segmentation import SegmentationService
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="required on every route but /health and /ready when keys are configured")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+def get_service(request: Request) -> SegmentationService:
+    service: SegmentationService | None = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        raise HTTPException(503, detail={"code": "not_ready", "detail": "the model is not loaded yet"})
+    return service
+
+
+def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    supplied = (key or "").encode()
+    # Compare against every key in constant time, without stopping at the first match.
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(supplied, k.encode())
+    if not ok:
+        raise HTTPException(401, detail={"code": "unauthorized", "detail": "missing or invalid X-API-Key header"},
+                            headers={"WWW-Authenticate": "ApiKey"})
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceDep = Annotated[SegmentationService, Depends(get_service)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

@@ -1,0 +1,36 @@
+"""The model card of the loaded model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.api.deps import ServiceDep
+from app.pipeline.postprocess import SEVERITY_BINS
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/model", summary="Model card of the loaded model, with the runtime's view of it")
+async def model_card(service: ServiceDep) -> dict[str, Any]:
+    info = service.model.info
+    card = {k: v for k, v in service.card.items() if k != "training"} | {
+        "training": {k: v for k, v in service.card.get("training", {}).items() if k not in ("history", "config")}}
+    return {
+        **card,
+        "loaded": {"name": info.name, "version": info.version, "sha256": info.sha256,
+                   "providers": list(info.providers), "input_size": info.input_size},
+        "default_threshold": service.default_threshold,
+        "severity_bins": severity_bins_doc(),
+    }
+
+
+def severity_bins_doc() -> list[dict[str, Any]]:
+    """The severity grades and their ranges of infected lung share."""
+    bins, lower = [{"grade": "none", "infected_lung_share": "no infection predicted"}], 0.0
+    for upper, grade in SEVERITY_BINS:
+        hi = "1.00" if upper == float("inf") else f"{upper:.2f}"
+        bins.append({"grade": grade, "infected_lung_share": f"[{lower:.2f}, {hi}{']' if hi == '1.00' else ')'}"})
+        lower = upper
+    return bins

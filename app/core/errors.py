@@ -1,0 +1,68 @@
+"""Every error leaves as JSON ``{"detail": <what was wrong>, "code": <machine code>}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.pipeline.load import InputError
+
+log = logging.getLogger("app.errors")
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+              413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
+              503: "not_ready"}
+
+
+def error_response(status: int, code: str, detail: str, request: Request | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"detail": detail, "code": code}
+    rid = getattr(request.state, "request_id", None) if request is not None else None
+    if rid:
+        body["request_id"] = rid
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe(errors: list[dict]) -> str:
+    parts = []
+    for e in errors:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The offending input is not echoed back: it may be (part of) an uploaded file.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        resp = error_response(422, "invalid_parameter", _describe(errors), request)
+        body = {"detail": _describe(errors), "code": "invalid_parameter", "errors": errors}
+        rid = getattr(request.state, "request_id", None)
+        if rid:
+            body["request_id"] = rid
+        return JSONResponse(body, status_code=resp.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        if isinstance(exc.detail, dict):
+            code, detail = exc.detail.get("code", code), exc.detail.get("detail", "")
+        else:
+            detail = str(exc.detail)
+        return error_response(exc.status_code, code, detail, request, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged by type only: messages of decoder errors may quote file content.
+        log.error("unexpected %s on %s (request %s)", type(exc).__name__, request.url.path,
+                  getattr(request.state, "request_id", "-"))
+        return error_response(500, "internal_error", "internal error; the request id identifies it in the logs",
+                              request)

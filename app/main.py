@@ -1,0 +1,71 @@
+"""The FastAPI application: ``create_app(settings)``; ``app`` for ``uvicorn app.main:app``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import Depends, FastAPI
+from starlette.formparsers import MultiPartParser
+
+from app import __version__
+from app.api.deps import require_api_key
+from app.api.routes import health, metrics, model, segment
+from app.core.config import Settings, get_settings
+from app.core.errors import install_error_handlers
+from app.core.metrics import ServiceMetrics
+from app.core.middleware import RequestContextMiddleware
+from app.pipeline.infer import ModelLoadError
+from app.services.segmentation import SegmentationService
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """
+Segments COVID-19 lung infection and the lung field on chest X-rays with a ResNet-34 U-Net
+(ONNX Runtime). Returns infection masks, overlays, PPAR (predicted positive area ratio),
+the infected share of the lung and a severity grade, as JSON or PNG, at the input's resolution.
+
+Research and decision-support use; not a diagnostic device.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model is loaded (and warmed up) at start-up, not here."""
+    settings = settings or get_settings()
+    # Uploads stay in memory: Starlette spools files over 1 MB to a temporary file on disk by
+    # default, and these files are patient data. The body cap below bounds the memory used.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_request_bytes + 1)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            service = SegmentationService.from_settings(settings)
+            service.warm_up()
+        except ModelLoadError as exc:
+            log.error("cannot start: %s", exc)
+            raise
+        app.state.service = service
+        info = service.model.info
+        app.state.metrics.model.info({"name": info.name, "version": info.version, "sha256": info.sha256,
+                                      "providers": ",".join(info.providers)})
+        log.info("model %s %s ready on %s", info.name, info.version, ",".join(info.providers))
+        yield
+        app.state.service = None
+
+    app = FastAPI(title="COVID-19 CXR infection segmentation", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.state.service = None
+    install_error_handlers(app)
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(segment.router, dependencies=protected)
+    app.include_router(model.router, dependencies=protected)
+    app.include_router(metrics.router, dependencies=protected)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_request_bytes)
+    return app
+
+
+app = create_app()

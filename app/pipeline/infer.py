@@ -1,0 +1,99 @@
+"""Infer: network input (N, 3, 256, 256) -> probabilities (N, 2, 256, 256) with ONNX Runtime.
+
+The service, the evaluation command and the export check all run the model through
+:class:`OnnxSegmenter`, so what is measured is what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, unreadable or not the graph this product expects."""
+
+
+def resolve_providers(requested: str | list[str] = "auto") -> list[str]:
+    """``auto``: CUDA when onnxruntime-gpu sees a GPU, else CPU; or an explicit comma list."""
+    available = ort.get_available_providers()
+    if requested == "auto":
+        return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+    names = [p.strip() for p in (requested.split(",") if isinstance(requested, str) else requested) if p.strip()]
+    missing = [p for p in names if p not in available]
+    if missing:
+        raise ModelLoadError(f"execution provider(s) {missing} not available; this onnxruntime has {available}")
+    return names
+
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies the loaded graph."""
+
+    name: str
+    version: str
+    sha256: str
+    path: str
+    input_size: int
+    providers: tuple[str, ...]
+
+
+class OnnxSegmenter:
+    """An ONNX Runtime session over the exported U-Net (input ``image``, output ``probabilities``)."""
+
+    def __init__(self, path: Path | str, providers: str | list[str] = "auto",
+                 intra_op_threads: int = 0, inter_op_threads: int = 0):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                providers=resolve_providers(providers))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+            raise ModelLoadError(f"{path} is not a segmentation graph with one (N, 3, H, W) input and one output")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        size = inputs[0].shape[2]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo(
+            name=meta.get("model_name", path.stem),
+            version=meta.get("model_version", "unknown"),
+            sha256=file_sha256(path),
+            path=str(path),
+            input_size=int(size) if isinstance(size, int) else int(meta.get("input_size", 256)),
+            providers=tuple(self.session.get_providers()),
+        )
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 2, S, S) float32 for a preprocessed batch (N, 3, S, S)."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected a batch (N, 3, H, W), got shape {batch.shape}")
+        return self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+    def predict_in_chunks(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+        """:meth:`predict` over slices of ``chunk`` images, to bound memory on large evaluations."""
+        return np.concatenate([self.predict(batch[i:i + chunk]) for i in range(0, len(batch), chunk)])

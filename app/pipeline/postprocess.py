@@ -1,0 +1,116 @@
+"""Postprocess: network probabilities -> masks at the input's resolution and measurements.
+
+The network runs at 256x256; probabilities are resized back to the original size
+*before* thresholding, so masks follow the image rather than a blown-up grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+#: Lung field decision threshold (the lung head is not user-tunable).
+LUNG_THRESHOLD = 0.5
+
+#: Severity grade bins on the share of the lung field predicted infected, in the spirit of
+#: Tahir et al. 2021 (COVID-QU-Ex), who grade severity from the infected lung percentage.
+#: Each entry: (upper bound exclusive, grade). "none" only when nothing is predicted.
+SEVERITY_BINS: tuple[tuple[float, str], ...] = (
+    (0.25, "mild"),
+    (0.50, "moderate"),
+    (0.75, "severe"),
+    (float("inf"), "critical"),
+)
+
+
+def ppar(mask: np.ndarray) -> float:
+    """Predicted positive area ratio: the fraction of pixels predicted positive."""
+    mask = np.asarray(mask)
+    return float(np.count_nonzero(mask)) / float(mask.size) if mask.size else 0.0
+
+
+def resize_probability(prob: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of a float probability map (h, w) to (height, width)."""
+    if prob.shape == (height, width):
+        return prob.astype(np.float32, copy=False)
+    img = Image.fromarray(prob.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+
+
+def severity_grade(infected_lung_share: float, infection_pixels: int) -> str:
+    """Grade from the share of the lung predicted infected (see :data:`SEVERITY_BINS`)."""
+    if infection_pixels == 0:
+        return "none"
+    for upper, grade in SEVERITY_BINS:
+        if infected_lung_share < upper:
+            return grade
+    return SEVERITY_BINS[-1][1]
+
+
+@dataclass
+class Segmentation:
+    """Masks and measurements of one image, at its own resolution."""
+
+    infection_probability: np.ndarray  # float32 (H, W) in [0, 1]
+    lung_probability: np.ndarray  # float32 (H, W)
+    infection_mask: np.ndarray  # bool (H, W)
+    lung_mask: np.ndarray  # bool (H, W)
+    threshold: float
+
+    @property
+    def width(self) -> int:
+        return int(self.infection_mask.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.infection_mask.shape[0])
+
+    @property
+    def infection_pixels(self) -> int:
+        return int(np.count_nonzero(self.infection_mask))
+
+    @property
+    def lung_pixels(self) -> int:
+        return int(np.count_nonzero(self.lung_mask))
+
+    @property
+    def ppar(self) -> float:
+        return ppar(self.infection_mask)
+
+    @property
+    def lung_fraction(self) -> float:
+        return ppar(self.lung_mask)
+
+    @property
+    def infected_lung_share(self) -> float:
+        """Share of the lung field predicted infected (infection pixels inside the lung / lung pixels)."""
+        lung = self.lung_pixels
+        if lung == 0:
+            return 0.0
+        return float(np.count_nonzero(self.infection_mask & self.lung_mask)) / lung
+
+    @property
+    def severity(self) -> str:
+        return severity_grade(self.infected_lung_share, self.infection_pixels)
+
+
+def postprocess(probabilities: np.ndarray, width: int, height: int, threshold: float) -> Segmentation:
+    """Turn one network output (2, h, w) into a :class:`Segmentation` of size (height, width).
+
+    A pixel is infection when its probability is ``>= threshold``.
+    """
+    if probabilities.ndim != 3 or probabilities.shape[0] != 2:
+        raise ValueError(f"expected probabilities of shape (2, h, w), got {probabilities.shape}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    inf = resize_probability(probabilities[0], width, height)
+    lung = resize_probability(probabilities[1], width, height)
+    return Segmentation(
+        infection_probability=inf,
+        lung_probability=lung,
+        infection_mask=inf >= threshold,
+        lung_mask=lung >= LUNG_THRESHOLD,
+        threshold=threshold,
+    )

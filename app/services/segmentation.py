@@ -1,0 +1,106 @@
+"""The loaded model and its card, and the shared middle of every input path:
+preprocess -> infer -> postprocess, for one image or a batch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+from app.core.config import Settings
+from app.pipeline.infer import ModelLoadError, OnnxSegmenter
+from app.pipeline.load import LoadedImage
+from app.pipeline.postprocess import Segmentation, postprocess
+from app.pipeline.preprocess import preprocess_batch
+
+log = logging.getLogger("app.segmentation")
+FALLBACK_THRESHOLD = 0.5
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent per step of one request."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        d = {k: round(v, 2) for k, v in vars(self).items()}
+        d["total"] = round(sum(vars(self).values()), 2)
+        return d
+
+
+@dataclass
+class SegmentationService:
+    """One ONNX session shared by all requests (ORT sessions are thread-safe); a capacity
+    limiter keeps concurrent runs from fighting over the cores."""
+
+    model: OnnxSegmenter
+    card: dict[str, Any]
+    inference_concurrency: int = 1
+    ready: bool = False
+    limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "SegmentationService":
+        model = OnnxSegmenter(settings.model_path, providers=settings.providers,
+                              intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads)
+        card_path = Path(settings.model_path).with_suffix(".card.json")
+        card: dict[str, Any] = {}
+        if card_path.is_file():
+            try:
+                card = json.loads(card_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"model card {card_path} is unreadable: {exc}") from exc
+        else:
+            log.warning("no model card at %s; default threshold %.2f", card_path, FALLBACK_THRESHOLD)
+        return cls(model=model, card=card, inference_concurrency=settings.inference_concurrency)
+
+    @property
+    def default_threshold(self) -> float:
+        return float(self.card.get("default_threshold", FALLBACK_THRESHOLD))
+
+    @property
+    def input_size(self) -> int:
+        return self.model.info.input_size
+
+    def model_identity(self) -> dict[str, str]:
+        info = self.model.info
+        return {"name": info.name, "version": info.version, "sha256": info.sha256}
+
+    def warm_up(self) -> None:
+        """One inference so the first request does not pay for graph set-up; then ready."""
+        self.model.predict(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+        self.ready = True
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        if self.limiter is None:  # created lazily, inside the running event loop
+            self.limiter = anyio.CapacityLimiter(self.inference_concurrency)
+        return self.limiter
+
+    async def segment(self, images: list[LoadedImage], threshold: float,
+                      timings: Timings) -> list[Segmentation]:
+        """Run the shared middle of the pipeline off the event loop; one batch for all images."""
+        t0 = time.perf_counter()
+        batch = await anyio.to_thread.run_sync(preprocess_batch, [im.gray for im in images], self.input_size)
+        t1 = time.perf_counter()
+        probs = await anyio.to_thread.run_sync(self.model.predict, batch, limiter=self._limiter())
+        t2 = time.perf_counter()
+
+        def _post() -> list[Segmentation]:
+            return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
+
+        results = await anyio.to_thread.run_sync(_post)
+        t3 = time.perf_counter()
+        timings.preprocess += 1000 * (t1 - t0)
+        timings.inference += 1000 * (t2 - t1)
+        timings.postprocess += 1000 * (t3 - t2)
+        return results

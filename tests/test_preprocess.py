@@ -1,0 +1,70 @@
+"""One preprocessing function for training, evaluation, export and the service."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import app.services.segmentation as service_module
+import training.evaluate as evaluate_module
+import training.export as export_module
+import training.train as train_module
+from app.pipeline import preprocess as pp
+from tests.conftest import FIXTURE_ROOT, fixture_images, read_gray
+from training.data import index_split, load_samples
+from training.dataset import SegmentationDataset
+
+
+def test_scales_to_minus_one_one_and_replicates_channels():
+    gray = np.array([[0, 255], [51, 204]], dtype=np.uint8)
+    x = pp.preprocess_image(gray, size=2)
+    assert x.shape == (3, 2, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], [[-1.0, 1.0], [-0.6, 0.6]], atol=1e-6)
+    assert np.array_equal(x[0], x[1]) and np.array_equal(x[1], x[2])
+
+
+def test_resizes_other_sizes_to_the_network_input():
+    gray = np.full((300, 500), 128, dtype=np.uint8)
+    assert pp.preprocess_image(gray).shape == (3, pp.INPUT_SIZE, pp.INPUT_SIZE)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.float32)])
+def test_refuses_non_grayscale_or_non_uint8(bad):
+    with pytest.raises(ValueError):
+        pp.preprocess_image(bad)
+
+
+def test_binarize_mask_maps_any_nonzero_to_one():
+    assert pp.binarize_mask(np.array([0, 1, 128, 255], np.uint8)).tolist() == [0, 1, 1, 1]
+
+
+def test_every_stage_uses_the_same_function():
+    """Training validation, evaluation, export parity and the service import the one batch function."""
+    for module in (train_module, evaluate_module, export_module, service_module):
+        assert module.preprocess_batch is pp.preprocess_batch, module.__name__
+
+
+def test_training_dataset_and_inference_batch_agree_on_real_images():
+    samples = index_split(FIXTURE_ROOT, "Val", ["COVID-19", "Normal"])
+    data = load_samples(samples, progress=False)
+    dataset = SegmentationDataset(data, augment=False)
+    batch = pp.preprocess_batch(list(data.images))
+    for i in range(len(dataset)):
+        x, y = dataset[i]
+        np.testing.assert_array_equal(x.numpy(), batch[i])
+        np.testing.assert_array_equal(y[0].numpy(), data.infection[i])
+        np.testing.assert_array_equal(y[1].numpy(), data.lung[i])
+
+
+def test_service_feeds_the_model_the_same_array(service_client):
+    client, service = service_client
+    path = fixture_images("Val", "COVID-19")[0]
+    seen = []
+    original = service.model.predict
+    service.model.predict = lambda batch: (seen.append(batch.copy()), original(batch))[1]
+    try:
+        r = client.post("/segment", files={"file": (path.name, path.read_bytes(), "image/png")})
+    finally:
+        service.model.predict = original
+    assert r.status_code == 200
+    np.testing.assert_array_equal(seen[0][0], pp.preprocess_image(read_gray(path)))

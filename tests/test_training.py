@@ -1,0 +1,117 @@
+"""End to end at toy scale on real fixture images: train (and resume), export with parity, evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.pipeline.infer import OnnxSegmenter
+from tests.conftest import FIXTURE_ROOT
+from training import evaluate, export, train
+from training.card import load_card
+
+SMOKE = ["--data-root", str(FIXTURE_ROOT), "--image-size", "64", "--batch-size", "2", "--num-workers", "0",
+         "--no-progress", "--normal-ratio", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert train.main([*SMOKE, "--out", str(out), "--epochs", "1"]) == 0
+    return out
+
+
+def test_smoke_run_writes_checkpoints_history_and_curves(trained: Path):
+    for name in ("last.pt", "best.pt", "history.csv", "history.json", "curves.png", "config.json"):
+        assert (trained / name).is_file(), name
+    history = json.loads((trained / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]
+    row = history[0]
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
+    assert 0.0 <= row["covid_dice"] <= 1.0 and 0.0 <= row["normal_ppar_p95"] <= 1.0
+    config = json.loads((trained / "config.json").read_text())
+    # 2 COVID-19 + round(0.5 * 2) Normal per epoch; Non-COVID never
+    assert config["images_per_epoch"] == 3 and config["normal_per_epoch"] == 1
+    assert set(config["train_counts"]) == {"COVID-19", "Normal"}
+
+
+def test_resume_continues_from_the_last_epoch(trained: Path, tmp_path: Path):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    for name in ("last.pt", "best.pt", "history.json"):
+        (out / name).write_bytes((trained / name).read_bytes())
+    before = torch.load(out / "last.pt", weights_only=False)["model"]
+    assert train.main([*SMOKE, "--out", str(out), "--epochs", "2", "--resume"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    after = torch.load(out / "last.pt", weights_only=False)["model"]
+    key = next(k for k in after if k.endswith("weight"))
+    assert not torch.equal(before[key], after[key])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        train.main([*SMOKE, "--out", str(tmp_path / "empty"), "--epochs", "1", "--resume"])
+
+
+@pytest.fixture(scope="module")
+def exported(trained: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "toy.onnx"
+    assert export.main(["--checkpoint", str(trained / "best.pt"), "--output", str(out), "--name", "toy",
+                        "--version", "0.0.1", "--data-root", str(FIXTURE_ROOT), "--parity-images", "2"]) == 0
+    return out
+
+
+def test_export_matches_pytorch_and_writes_a_card(exported: Path, trained: Path):
+    card = load_card(exported)
+    assert card["export"]["parity_max_abs_diff"] < export.PARITY_TOLERANCE
+    assert card["name"] == "toy" and card["training"]["selected_epoch"] == 1
+    model = OnnxSegmenter(exported)
+    assert card["sha256"] == model.info.sha256
+    assert (model.info.name, model.info.version, model.info.input_size) == ("toy", "0.0.1", 64)
+    # dynamic batch axis: 3 images in one run
+    net, _ = export.load_checkpoint_model(trained / "best.pt")
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    got = model.predict(x)
+    assert got.shape == (3, 2, 64, 64)
+    assert np.abs(got - expected).max() < export.PARITY_TOLERANCE
+
+
+def test_export_fails_when_parity_breaks(trained: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(export, "parity_check", lambda *a, **k: 1e-2)
+    assert export.main(["--checkpoint", str(trained / "best.pt"), "--output", str(tmp_path / "bad.onnx"),
+                        "--data-root", str(FIXTURE_ROOT), "--parity-images", "1"]) == 1
+    assert not (tmp_path / "bad.card.json").exists() and not (tmp_path / "bad.onnx").exists()
+
+
+def test_evaluate_reports_all_classes_and_updates_the_card(exported: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    assert evaluate.main(["--model", str(exported), "--data-root", str(FIXTURE_ROOT), "--out", str(out),
+                          "--update-card", "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"COVID-19": 2, "Non-COVID": 2, "Normal": 2}
+    for t in ("0.5", "0.25"):
+        m = report["covid"][t]
+        assert m["tp"] + m["fn"] > 0 and 0 <= m["dice"] <= 1 and m["f1"] == m["dice"]
+        assert set(report["ppar"]["Normal"][t]) >= {"mean", "median", "p95", "any_positive_share"}
+    assert len(report["sweep"]) == 19 and set(report["lung_dice"]) == {"COVID-19", "Non-COVID", "Normal"}
+    for plot in ("ppar_distributions.png", "threshold_sweep.png", "overlays.png"):
+        assert (out / plot).stat().st_size > 1000
+    card = load_card(exported)
+    assert card["evaluation"]["covid"]["0.5"]["dice"] == report["covid"]["0.5"]["dice"]
+    assert "training.evaluate" in card["evaluation"]["command"]
+    assert "Val figures" in exported.with_suffix(".card.md").read_text()
+
+
+@pytest.mark.parametrize("module", ["training.train", "training.evaluate", "training.export"])
+def test_clis_have_help(module: str):
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage:" in r.stdout

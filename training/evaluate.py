@@ -1,0 +1,191 @@
+"""Evaluate the exported ONNX model on a split, through the service's own pipeline.
+
+    python -m training.evaluate --model models/covidseg-unet-r34.onnx --split Val --out reports/val --update-card
+
+COVID-19: precision, recall, Dice (= F1) and IoU from pixel counts pooled over the split
+(as the source report does), plus mean per-image Dice, at 0.5, 0.25 and a sweep.
+Normal and Non-COVID (empty ground truth): PPAR per image as mean, median, p95 and the
+share of images with any predicted pixel. Lung Dice for every class.
+Writes ``report.json`` and plots: PPAR distributions, threshold sweep, overlay grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from app.pipeline.infer import OnnxSegmenter
+from app.pipeline.postprocess import LUNG_THRESHOLD, ppar, resize_probability
+from app.pipeline.preprocess import preprocess_batch
+from app.pipeline.render import overlay_rgb
+from training.card import load_card, save_card
+from training.data import CLASSES, LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
+from training.metrics import Confusion, dice_score, ppar_summary
+
+REPORT_THRESHOLDS = (0.5, 0.25)
+SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/covidseg-unet-r34.onnx"))
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--split", default="Val", help="Train or Val (Test is held back for independent evaluation)")
+    p.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
+    p.add_argument("--out", type=Path, default=Path("reports/val"))
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per class")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--update-card", action="store_true", help="write the figures into the model's card")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def predict_class(model: OnnxSegmenter, data: LoadedSamples, batch_size: int, progress: bool,
+                  desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Infection and lung probabilities at each image's own resolution: (N, H, W) float32 each."""
+    inf, lung = [], []
+    h, w = data.images.shape[1:]
+    for i in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", disable=not progress):
+        probs = model.predict(preprocess_batch(list(data.images[i:i + batch_size]), model.info.input_size))
+        for p in probs:
+            inf.append(resize_probability(p[0], w, h))
+            lung.append(resize_probability(p[1], w, h))
+    return np.stack(inf), np.stack(lung)
+
+
+def covid_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = prob >= threshold
+    conf = sum((Confusion.of(p, g) for p, g in zip(pred, gt)), Confusion())
+    return {**conf.summary(), "mean_image_dice": float(np.mean([dice_score(p, g) for p, g in zip(pred, gt)]))}
+
+
+def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[str], limit: int | None,
+             batch_size: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compute the report; also returns the per-class arrays the plots need."""
+    report: dict[str, Any] = {"split": split, "model": {"name": model.info.name, "version": model.info.version,
+                                                        "sha256": model.info.sha256},
+                              "counts": {}, "covid": {}, "ppar": {}, "lung_dice": {}, "sweep": []}
+    arrays: dict[str, Any] = {}
+    for cls in classes:
+        data = load_samples(limit_per_class(index_split(data_root, split, [cls]), limit), progress=progress)
+        inf, lung = predict_class(model, data, batch_size, progress, f"{split}/{cls}")
+        arrays[cls] = {"data": data, "inf": inf, "lung": lung}
+        report["counts"][cls] = len(data)
+        lung_conf = sum((Confusion.of(p >= LUNG_THRESHOLD, g) for p, g in zip(lung, data.lung)), Confusion())
+        report["lung_dice"][cls] = lung_conf.dice
+        report["ppar"][cls] = {str(t): ppar_summary([ppar(p >= t) for p in inf]) for t in REPORT_THRESHOLDS}
+        if cls == "COVID-19":
+            report["covid"] = {str(t): covid_metrics(inf, data.infection, t) for t in REPORT_THRESHOLDS}
+    for t in SWEEP:
+        row: dict[str, float] = {"threshold": t}
+        if "COVID-19" in arrays:
+            m = covid_metrics(arrays["COVID-19"]["inf"], arrays["COVID-19"]["data"].infection, t)
+            row.update({k: m[k] for k in ("precision", "recall", "dice", "iou")})
+        for cls in arrays:
+            if cls != "COVID-19":
+                row[f"{cls}_ppar_p95"] = ppar_summary([ppar(p >= t) for p in arrays[cls]["inf"]])["p95"]
+        report["sweep"].append(row)
+    return report, arrays
+
+
+def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, threshold: float = 0.5,
+                overlays_per_class: int = 4) -> list[Path]:
+    """PPAR distributions, the threshold sweep and an overlay grid, as PNGs in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
+    for ax, (cls, a) in zip(axes[0], arrays.items()):
+        values = 100 * np.array([ppar(p >= threshold) for p in a["inf"]])
+        ax.hist(values, bins=40, range=(0, max(1.0, float(values.max()) if values.size else 1.0)), color="tab:red")
+        ax.set(title=f"{cls} (n={len(values)})", xlabel=f"PPAR % at threshold {threshold}", ylabel="images")
+    fig.suptitle(f"PPAR per image, {report['split']}")
+    fig.tight_layout()
+    written.append(out / "ppar_distributions.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    sweep = report["sweep"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ts = [r["threshold"] for r in sweep]
+    for key in ("precision", "recall", "dice", "iou"):
+        if key in sweep[0]:
+            ax.plot(ts, [r[key] for r in sweep], "o-", ms=3, label=f"COVID-19 {key}")
+    ax2 = ax.twinx()
+    for key in sweep[0]:
+        if key.endswith("_ppar_p95"):
+            ax2.plot(ts, [100 * r[key] for r in sweep], "--", label=f"{key.split('_')[0]} p95 PPAR %")
+    ax.set(xlabel="threshold", ylim=(0, 1), title=f"Threshold sweep, {report['split']}")
+    ax2.set(ylabel="p95 PPAR %")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
+    fig.tight_layout()
+    written.append(out / "threshold_sweep.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    rows = [(cls, i) for cls, a in arrays.items() for i in range(min(overlays_per_class, len(a["data"])))]
+    if rows:
+        fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+        for r, (cls, i) in enumerate(rows):
+            a = arrays[cls]
+            img = a["data"].images[i]
+            gt = overlay_rgb(img, a["data"].infection[i], a["data"].lung[i])
+            pred = overlay_rgb(img, a["inf"][i] >= threshold, a["lung"][i] >= LUNG_THRESHOLD)
+            for c, (title, pic) in enumerate((("image", img), ("ground truth", gt), (f"prediction t={threshold}", pred))):
+                axes[r][c].imshow(pic, cmap="gray" if pic.ndim == 2 else None)
+                axes[r][c].set_title(f"{cls} {a['data'].samples[i].name}: {title}" if c == 0 else title, fontsize=8)
+                axes[r][c].axis("off")
+        fig.tight_layout()
+        written.append(out / "overlays.png")
+        fig.savefig(written[-1], dpi=80)
+        plt.close(fig)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.split.lower() == "test":
+        print("note: the Test split is held back for independent evaluation; select models on Val.", file=sys.stderr)
+    model = OnnxSegmenter(args.model, providers="auto", intra_op_threads=args.threads)
+    data_root = args.data_root or default_data_root()
+    report, arrays = evaluate(model, data_root, args.split, args.classes, args.limit, args.batch_size,
+                              not args.no_progress)
+    command = "python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["command"] = command
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    plots = plot_report(report, arrays, args.out)
+    for cls, th in report["ppar"].items():
+        print(f"{cls:10s} PPAR@0.5 median {100 * th['0.5']['median']:.3f}% p95 {100 * th['0.5']['p95']:.3f}%  "
+              f"lung Dice {report['lung_dice'][cls]:.4f}")
+    for t, m in report["covid"].items():
+        print(f"COVID-19 @ {t}: precision {m['precision']:.4f} recall {m['recall']:.4f} Dice {m['dice']:.4f} "
+              f"IoU {m['iou']:.4f} mean image Dice {m['mean_image_dice']:.4f}")
+    print(f"wrote {args.out / 'report.json'} and {', '.join(p.name for p in plots)}")
+    if args.update_card:
+        card = load_card(args.model)
+        if card["sha256"] != report["model"]["sha256"]:
+            print("error: the card describes another file (sha256 differs); export again", file=sys.stderr)
+            return 1
+        card["evaluation"] = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep")}
+        card["evaluation"]["command"] = command
+        save_card(args.model, card)
+        print(f"updated the card of {args.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

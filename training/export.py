@@ -1,0 +1,176 @@
+"""Export a training checkpoint to ONNX, check it against PyTorch on real images, write the model card.
+
+    python -m training.export --checkpoint runs/shipped/best.pt --output models/covidseg-unet-r34.onnx
+
+The graph takes the preprocessed batch ``image`` (N, 3, 256, 256) and returns
+``probabilities`` (N, 2, 256, 256): channel 0 infection, channel 1 lung (sigmoid applied).
+Export fails (non-zero exit) when ONNX Runtime and PyTorch differ by 1e-4 or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from app.pipeline.infer import OnnxSegmenter, file_sha256
+from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch
+from training.card import save_card
+from training.data import CLASSES, default_data_root, index_split, limit_per_class, load_samples
+from training.model import OUTPUT_CHANNELS, ProbabilityModel, build_model
+
+PARITY_TOLERANCE = 1e-4
+DEFAULT_NAME = "covidseg-unet-r34"
+CITATIONS = [
+    'A. M. Tahir et al., "COVID-19 Infection Localization and Severity Grading from Chest X-ray Images", '
+    "Computers in Biology and Medicine 139 (2021) 105002.",
+    'A. M. Tahir et al., "COVID-QU-Ex", Kaggle, 2021, doi:10.34740/kaggle/dsv/3122898.',
+    'A. Degerli et al., "COVID-19 infection map generation and detection from chest X-ray images", '
+    "Health Inf Sci Syst 9, 15 (2021).",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by training.train")
+    p.add_argument("--output", type=Path, default=Path(f"models/{DEFAULT_NAME}.onnx"))
+    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--default-threshold", type=float, default=0.5)
+    p.add_argument("--data-root", type=Path, default=None, help="where to take real images for the parity check")
+    p.add_argument("--parity-images", type=int, default=4, help="images per class for the parity check")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--attempt", action="append", default=[], help="a line for the card's 'what was tried' (repeatable)")
+    return p.parse_args(argv)
+
+
+def load_checkpoint_model(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained network (eval mode, fp32) and the checkpoint's metadata."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = state["config"]
+    net = build_model(config.get("encoder", "resnet34"), None)
+    net.load_state_dict(state["model"])
+    net.eval()
+    return net, state
+
+
+def export_onnx(net: torch.nn.Module, output: Path, size: int, opset: int, metadata: dict[str, str]) -> None:
+    """Write the probability graph with a dynamic batch axis and the metadata the service reads."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model = ProbabilityModel(net).eval()
+    dummy = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(model, (dummy,), str(output), input_names=["image"], output_names=["probabilities"],
+                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    graph = onnx.load(str(output))
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(output))
+
+
+def parity_check(net: torch.nn.Module, onnx_path: Path, images: list[np.ndarray], size: int = INPUT_SIZE) -> float:
+    """Max absolute difference of probabilities between PyTorch and ONNX Runtime on ``images``."""
+    batch = preprocess_batch(images, size)
+    with torch.no_grad():
+        expected = ProbabilityModel(net).eval()(torch.from_numpy(batch)).numpy()
+    got = OnnxSegmenter(onnx_path, providers="CPUExecutionProvider").predict(batch)
+    return float(np.abs(expected - got).max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    net, state = load_checkpoint_model(args.checkpoint)
+    config = state["config"]
+    size = int(config.get("image_size", INPUT_SIZE))
+    export_onnx(net, args.output, size, args.opset, {
+        "model_name": args.name, "model_version": args.version, "input_size": str(size),
+        "output_channels": ",".join(OUTPUT_CHANNELS),
+        "preprocessing": "8-bit grayscale, resized to 256x256, x/255, 2*(x-0.5), replicated to 3 channels",
+    })
+    data_root = args.data_root or Path(config.get("data_root") or default_data_root())
+    samples = limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images)
+    images = list(load_samples(samples, progress=False).images)
+    max_diff = parity_check(net, args.output, images, size)
+    print(f"parity on {len(images)} real Val images: max |onnx - torch| = {max_diff:.2e}")
+    if not max_diff < PARITY_TOLERANCE:
+        print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; "
+              f"removed {args.output}", file=sys.stderr)
+        args.output.unlink()  # never leave a graph that failed its check where it could be shipped
+        return 1
+
+    history_file = args.checkpoint.parent / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else []
+    card = {
+        "name": args.name,
+        "version": args.version,
+        "file": args.output.name,
+        "sha256": file_sha256(args.output),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "description": "Segments COVID-19 lung infection and the lung field on frontal chest X-rays.",
+        "architecture": f"U-Net with {config.get('encoder', 'resnet34')} encoder (segmentation-models-pytorch 0.6.0), "
+                        f"2 output channels {list(OUTPUT_CHANNELS)}, encoder weights: {config.get('encoder_weights')}",
+        "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
+                  "description": f"(N, 3, {size}, {size}) float32: 8-bit grayscale resized to {size}x{size}, "
+                                 "scaled to [0,1] then 2*(x-0.5), replicated to 3 channels"},
+        "output": {"name": "probabilities", "shape": ["batch", 2, size, size], "channels": list(OUTPUT_CHANNELS),
+                   "description": f"(N, 2, {size}, {size}) probabilities: channel 0 infection, channel 1 lung"},
+        "default_threshold": args.default_threshold,
+        "threshold_guidance": "0.5 conservative; 0.25 more sensitive on COVID-19 (source recipe's tuned point)",
+        "intended_use": "Research and decision support on frontal chest X-rays; not a diagnostic device.",
+        "training": {
+            "recipe": f"COVID+Normal (normal_ratio {config.get('normal_ratio')}), loss Dice+BCE on both heads "
+                      f"(lung weight {config.get('lung_weight')}), {config.get('optimizer')} lr {config.get('lr')} "
+                      f"schedule {config.get('schedule')} (warm-up {config.get('warmup_fraction')}), weight decay "
+                      f"{config.get('weight_decay')}, batch {config.get('batch_size')}, {size}x{size}, augmentation "
+                      f"{'on' if config.get('augment') else 'off'}, precision {config.get('precision_resolved')}, "
+                      f"device {config.get('device')}",
+            "config": config,
+            "train_counts": config.get("train_counts"),
+            "val_counts": config.get("val_counts"),
+            "images_per_epoch": config.get("images_per_epoch"),
+            "normal_per_epoch": config.get("normal_per_epoch"),
+            "epochs": config.get("epochs"),
+            "selected_epoch": state.get("epoch"),
+            "selection": f"best Val COVID-19 Dice among epochs with Val Normal p95 PPAR <= {config.get('max_normal_p95')}",
+            "selected_epoch_val_metrics_pytorch": state.get("metrics"),
+            "command": config.get("command"),
+            "history": history,
+        },
+        "export": {
+            "command": "python -m training.export " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "opset": args.opset,
+            "parity_max_abs_diff": max_diff,
+            "parity_images": len(images),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        },
+        "attempts": args.attempt,
+        "limitations": [
+            "Trained from scratch (no ImageNet weights could be downloaded where it was trained).",
+            "Trained and validated on COVID-QU-Ex only (256x256 PNGs derived from several public sources); "
+            "performance on other scanners, paediatric or lateral views is unknown.",
+            "Non-COVID pneumonia is not labelled in the data: infection predicted on non-COVID pneumonia is "
+            "not evaluated for correctness, only measured as PPAR.",
+            "Figures are on the Val split (used for model selection); the Test split is held back for "
+            "independent evaluation.",
+        ],
+        "citations": CITATIONS,
+    }
+    save_card(args.output, card)
+    print(f"wrote {args.output} and its card")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

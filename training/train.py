@@ -1,0 +1,329 @@
+"""Train the ResNet-34 U-Net with the COVID+Normal recipe.
+
+    python -m training.train --out runs/shipped --epochs 20
+
+Every epoch uses all COVID-19 training images plus a fresh draw of Normal images at
+``--normal-ratio`` (0.3 = about 3 Normal : 10 COVID); Non-COVID is never used.  After
+each epoch the model is scored on Val (COVID-19 Dice and Normal PPAR), ``last.pt`` is
+written (``--resume`` continues from it) and ``best.pt`` keeps the selected epoch:
+the best COVID-19 Dice among epochs whose Normal p95 PPAR is under ``--max-normal-p95``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from app.pipeline.postprocess import ppar
+from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch, resize_mask
+from training.data import LoadedSamples, default_data_root, index_split, limit_per_class, load_samples, recipe_epoch_indices
+from training.dataset import SegmentationDataset
+from training.losses import DiceBCELoss
+from training.metrics import Confusion, dice_score, ppar_summary
+from training.model import build_model
+
+log = logging.getLogger("training.train")
+TRAIN_CLASSES = ("COVID-19", "Normal")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding 'Infection Segmentation Data' (default $COVIDSEG_DATA_ROOT or ../shared/data/covid-qu-ex)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder for checkpoints, history and plots")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=INPUT_SIZE, help="network input side (multiple of 32)")
+    p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (peak rate for onecycle/cosine)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"], default="constant")
+    p.add_argument("--warmup-fraction", type=float, default=0.1, help="share of steps warming up (onecycle, cosine)")
+    p.add_argument("--normal-ratio", type=float, default=0.3, help="Normal images per COVID-19 image each epoch")
+    p.add_argument("--lung-weight", type=float, default=0.5, help="weight of the lung head in the loss")
+    p.add_argument("--encoder", default="resnet34")
+    p.add_argument("--encoder-weights", default="none", help="'none' (from scratch) or 'imagenet' (needs internet)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per class and split (smoke runs)")
+    p.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: fp32 + channels_last on CPU (bf16 autocast measured slower on this "
+                        "project's CPU, see bench/RESULTS.md), fp16 AMP on CUDA")
+    p.add_argument("--max-normal-p95", type=float, default=0.01,
+                   help="selection: Normal Val p95 PPAR an epoch must stay under to be preferred")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p.parse_args(argv)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (CPU or CUDA), fp16 AMP (CUDA), or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class RecipeSampler(Sampler[int]):
+    """Indices of one recipe epoch; deterministic per (seed, epoch), so ``--resume`` replays exactly."""
+
+    def __init__(self, covid: np.ndarray, normal: np.ndarray, normal_ratio: float, seed: int):
+        self.covid, self.normal, self.normal_ratio, self.seed = covid, normal, normal_ratio, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(recipe_epoch_indices(self.covid, self.normal, self.normal_ratio, rng).tolist())
+
+    def __len__(self) -> int:
+        return len(self.covid) + min(len(self.normal), int(round(self.normal_ratio * len(self.covid))))
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_fraction: float, lr: float):
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps,
+                                                   pct_start=warmup_fraction)
+    if schedule == "cosine":
+        warm = max(1, int(total_steps * warmup_fraction))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return None
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str,
+                          size: int, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    """Sigmoid outputs (N, 2, size, size) float32 of ``model`` on uint8 images (N, H, W)."""
+    model.eval()
+    out = []
+    starts = range(0, len(images), batch_size)
+    for i in tqdm(starts, desc="validating", unit="batch", leave=False, disable=not progress):
+        x = torch.from_numpy(preprocess_batch(list(images[i:i + batch_size]), size)).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = model(x)
+        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    return np.concatenate(out)
+
+
+def validate(model: torch.nn.Module, val: LoadedSamples, device: torch.device, precision: str, size: int,
+             loss_fn: torch.nn.Module, threshold: float = 0.5, progress: bool = False) -> dict[str, float]:
+    """Val loss, COVID-19 global Dice/IoU/precision/recall, mean per-image Dice, Normal PPAR, lung Dice."""
+    probs = predict_probabilities(model, val.images, device, precision, size, progress=progress)
+    inf_gt = np.stack([resize_mask(m, size) for m in val.infection])
+    lung_gt = np.stack([resize_mask(m, size) for m in val.lung])
+    target = torch.from_numpy(np.stack([inf_gt, lung_gt], axis=1).astype(np.float32))
+    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))
+    val_loss = float(loss_fn(logits, target))
+    pred_inf = probs[:, 0] >= threshold
+    pred_lung = probs[:, 1] >= 0.5
+    metrics: dict[str, float] = {"val_loss": val_loss}
+    covid = val.where("COVID-19")
+    if len(covid):
+        conf = sum((Confusion.of(pred_inf[i], inf_gt[i]) for i in covid), Confusion())
+        metrics.update({f"covid_{k}": v for k, v in conf.summary().items() if k in ("dice", "iou", "precision", "recall")})
+        metrics["covid_mean_image_dice"] = float(np.mean([dice_score(pred_inf[i], inf_gt[i]) for i in covid]))
+    normal = val.where("Normal")
+    if len(normal):
+        s = ppar_summary([ppar(pred_inf[i]) for i in normal])
+        metrics.update({"normal_ppar_median": s["median"], "normal_ppar_p95": s["p95"],
+                        "normal_any_positive_share": s["any_positive_share"]})
+    lung_conf = sum((Confusion.of(pred_lung[i], lung_gt[i]) for i in range(len(val))), Confusion())
+    metrics["lung_dice"] = lung_conf.dice
+    return metrics
+
+
+def selection_key(metrics: dict[str, float], max_normal_p95: float) -> tuple[int, float]:
+    """Higher is better: epochs meeting the Normal PPAR bar first, then COVID-19 Dice."""
+    p95 = metrics.get("normal_ppar_p95", 0.0)
+    meets = int(p95 <= max_normal_p95)
+    return meets, metrics.get("covid_dice", 0.0) - (0.0 if meets else 10.0 * (p95 - max_normal_p95))
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss, Dice and Normal PPAR per epoch, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    axes[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    axes[0].set(title="Dice + BCE loss", xlabel="epoch")
+    axes[0].legend()
+    axes[1].plot(ep, [h.get("covid_dice", np.nan) for h in history], "o-", label="COVID-19 Dice (global, t=0.5)")
+    axes[1].plot(ep, [h.get("covid_mean_image_dice", np.nan) for h in history], "o-", label="COVID-19 mean per-image Dice")
+    axes[1].plot(ep, [h.get("lung_dice", np.nan) for h in history], "o-", label="lung Dice")
+    axes[1].set(title="Val Dice", xlabel="epoch", ylim=(0, 1))
+    axes[1].legend()
+    axes[2].plot(ep, [100 * h.get("normal_ppar_p95", np.nan) for h in history], "o-", label="p95")
+    axes[2].plot(ep, [100 * h.get("normal_ppar_median", np.nan) for h in history], "o-", label="median")
+    axes[2].axhline(1.0, color="grey", ls="--", label="1% bar")
+    axes[2].set(title="Val Normal PPAR (%)", xlabel="epoch")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_history(history: list[dict[str, Any]], out: Path) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the recipe; returns the path of the selected checkpoint (``best.pt``)."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    data_root = args.data_root or default_data_root()
+    progress = not args.no_progress
+
+    train_samples = limit_per_class(index_split(data_root, "Train", TRAIN_CLASSES), args.limit)
+    val_samples = limit_per_class(index_split(data_root, "Val", TRAIN_CLASSES), args.limit)
+    train_data = load_samples(train_samples, progress=progress)
+    val_data = load_samples(val_samples, progress=progress)
+    covid_idx, normal_idx = train_data.where("COVID-19"), train_data.where("Normal")
+    log.info("data root %s: train %d COVID-19 + %d Normal available, val %d images; device %s, precision %s",
+             data_root, len(covid_idx), len(normal_idx), len(val_data), device, precision)
+
+    sampler = RecipeSampler(covid_idx, normal_idx, args.normal_ratio, args.seed)
+    dataset = SegmentationDataset(train_data, augment=args.augment, size=args.image_size)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        drop_last=len(sampler) > args.batch_size, persistent_workers=args.num_workers > 0,
+                        worker_init_fn=_worker_init if args.num_workers > 0 else None)
+    weights = None if args.encoder_weights in ("none", "", None) else args.encoder_weights
+    model = build_model(args.encoder, weights).to(device).to(memory_format=torch.channels_last)
+    loss_fn = DiceBCELoss(lung_weight=args.lung_weight)
+    opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = make_scheduler(optimizer, args.schedule, args.epochs * len(loader), args.warmup_fraction, args.lr)
+    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update({"data_root": str(data_root), "device": str(device), "precision_resolved": precision,
+                   "train_counts": {"COVID-19": int(len(covid_idx)), "Normal": int(len(normal_idx))},
+                   "normal_per_epoch": len(sampler) - len(covid_idx), "images_per_epoch": len(sampler),
+                   "val_counts": {c: int(len(val_data.where(c))) for c in TRAIN_CLASSES},
+                   "command": "python -m training.train " + " ".join(sys.argv[1:])})
+    history: list[dict[str, Any]] = []
+    best_key: tuple[int, float] | None = None
+    start_epoch = 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if args.resume:
+        if not last_path.exists():
+            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch = state["history"], state["epoch"]
+        best_key = tuple(state["best_key"]) if state.get("best_key") else None
+        log.info("resumed from %s after epoch %d", last_path, start_epoch)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not progress)
+        for x, y in bar:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        train_seconds = time.perf_counter() - t0
+        metrics = validate(model, val_data, device, precision, args.image_size, loss_fn, progress=progress)
+        key = selection_key(metrics, args.max_normal_p95)
+        selected = best_key is None or key > best_key
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1),
+               **metrics, "train_seconds": round(train_seconds, 1),
+               "train_img_per_s": round(seen / train_seconds, 2), "selected": selected}
+        history.append(row)
+        if selected:
+            best_key = key
+            torch.save({"model": model.state_dict(), "config": config, "epoch": epoch + 1, "metrics": metrics}, best_path)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "history": history,
+                    "best_key": list(best_key) if best_key else None, "config": config}, last_path)
+        write_history(history, out)
+        plot_history(history, out / "curves.png")
+        log.info("epoch %d: %s", epoch + 1, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    return best_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    best = train(args)
+    print(f"selected checkpoint: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
