@@ -1,0 +1,156 @@
+"""Serving benchmark: starts the real server on loopback and measures
+
+1. model-only ONNX Runtime latency and throughput (batch 1, preprocessed 256x256 input),
+2. single-request end-to-end p50/p95 for a 256x256 PNG,
+3. throughput with 1, 4 and 8 concurrent clients,
+4. the server's peak RSS,
+
+then writes the table to bench/RESULTS.md.
+
+    python -m bench.serve --requests 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from app.core.config import DEFAULT_MODEL_PATH
+from app.pipeline.infer import OnnxSegmenter
+from app.pipeline.preprocess import preprocess_batch
+from bench.results import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests/fixtures/covid-qu-ex-mini/Infection Segmentation Data/Val/COVID-19/images/covid_1918.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def model_only(model_path: Path, runs: int) -> tuple[float, float]:
+    from PIL import Image
+
+    model = OnnxSegmenter(model_path, providers="CPUExecutionProvider")
+    x = preprocess_batch([np.asarray(Image.open(SAMPLE).convert("L"))])
+    for _ in range(3):
+        model.predict(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.predict(x)
+        times.append(time.perf_counter() - t0)
+    p50 = statistics.median(times)
+    return p50, len(times) / sum(times)
+
+
+def rss_peak_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    p.add_argument("--requests", type=int, default=40, help="requests per measurement")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    data = SAMPLE.read_bytes()
+
+    mo_p50, mo_tput = model_only(args.model, args.requests)
+    print(f"model only: p50 {1000 * mo_p50:.1f} ms, {mo_tput:.2f} img/s", flush=True)
+
+    port = free_port()
+    env = {**os.environ, "COVIDSEG_MODEL_PATH": str(args.model), "COVIDSEG_LOG_LEVEL": "warning"}
+    server = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.5)
+
+        def one(client: httpx.Client) -> float:
+            t0 = time.perf_counter()
+            r = client.post(f"{url}/segment", files={"file": ("x.png", data, "image/png")}, timeout=120)
+            r.raise_for_status()
+            return time.perf_counter() - t0
+
+        with httpx.Client() as c:
+            for _ in range(3):
+                one(c)
+            single = [one(c) for _ in range(args.requests)]
+        e2e_p50, e2e_p95 = percentile(single, 50), percentile(single, 95)
+        print(f"single request: p50 {1000 * e2e_p50:.1f} ms, p95 {1000 * e2e_p95:.1f} ms", flush=True)
+
+        tput = {}
+        for clients in (1, 4, 8):
+            per_client = max(1, args.requests // clients)
+
+            def worker(_: int) -> int:
+                with httpx.Client() as c:
+                    for _ in range(per_client):
+                        one(c)
+                return per_client
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                done = sum(pool.map(worker, range(clients)))
+            tput[clients] = done / (time.perf_counter() - t0)
+            print(f"{clients} clients: {tput[clients]:.2f} req/s", flush=True)
+        rss_mb = rss_peak_kb(server.pid) / 1024
+        print(f"server peak RSS {rss_mb:.0f} MB")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    checks = [
+        ("single-request p50 / model-only p50", e2e_p50 / mo_p50, "<= 1.25"),
+        ("4-client throughput / model-only throughput", tput[4] / mo_tput, ">= 0.90"),
+        ("server peak RSS (MB)", rss_mb, "< 1024"),
+    ]
+    md = (f"## Serving (`python -m bench.serve --requests {args.requests}`)\n\n"
+          f"Model `{args.model.name}`, CPUExecutionProvider, one 256x256 PNG per request over loopback HTTP.\n\n"
+          "| measurement | value |\n|---|---:|\n"
+          f"| model-only ONNX Runtime latency p50 | {1000 * mo_p50:.1f} ms |\n"
+          f"| model-only throughput (batch 1, back to back) | {mo_tput:.2f} img/s |\n"
+          f"| single request end-to-end p50 | {1000 * e2e_p50:.1f} ms |\n"
+          f"| single request end-to-end p95 | {1000 * e2e_p95:.1f} ms |\n"
+          + "".join(f"| throughput, {k} concurrent client{'s' if k > 1 else ''} | {v:.2f} req/s |\n"
+                    for k, v in tput.items())
+          + f"| server peak RSS | {rss_mb:.0f} MB |\n\n"
+          "| target | measured | bar |\n|---|---:|---|\n"
+          + "".join(f"| {n} | {v:.2f} | {bar} |\n" for n, v, bar in checks))
+    print(md)
+    if not args.no_write:
+        write_section("serve", md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""What can be checked of the deployment files without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def readme_commands() -> list[str]:
+    """The fresh-machine commands: the lines of the README's quick-start block."""
+    block = re.search(r"<!-- quickstart -->\s*```(?:bash|sh)?\n(.*?)```", README, re.S)
+    assert block, "README has no quickstart block"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one():
+    serve, test = readme_commands()
+    assert serve.endswith("python -m app") and "pytest" in test
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test in ci, "the README's test command must be the one .ci/run runs"
+
+
+def test_dockerfile_installs_like_the_readme():
+    serve, _ = readme_commands()
+    install = re.search(r"\.venv/bin/pip install [^&]+", serve).group(0).strip()
+    assert install == ".venv/bin/pip install -e ."
+    # both images (CPU and GPU) install the project exactly as the README does
+    assert DOCKERFILE.count(install + " ") + DOCKERFILE.count(install + "\n") == 2
+
+
+def test_dockerfile_copies_what_exists_and_serves_safely():
+    for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", DOCKERFILE, re.M):
+        for part in src.split():
+            assert (ROOT / part).exists(), f"COPY source {part} missing"
+    assert "models/covidseg-unet-r34.onnx" in [p.relative_to(ROOT).as_posix() for p in (ROOT / "models").iterdir()]
+    assert re.search(r"^USER (?!root)\S+", DOCKERFILE, re.M)
+    assert "EXPOSE 8000" in DOCKERFILE
+    assert re.search(r"HEALTHCHECK .*\n?.*/ready", DOCKERFILE)
+    assert "AS gpu" in DOCKERFILE and "onnxruntime-gpu" in DOCKERFILE
+    assert "FROM python:" in DOCKERFILE or "python:3.11-slim" in DOCKERFILE
+
+
+def test_service_install_has_no_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith(("torch", "segmentation-models"))]
+    assert "torch==2.14.1" in project["optional-dependencies"]["train"]
+
+
+def test_compose_file():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    svc = compose["services"]["covidseg"]
+    assert "8000" in svc["ports"][0] and svc["restart"] == "unless-stopped"
+    assert svc["read_only"] is True and "/tmp" in svc["tmpfs"]
+    assert "/ready" in " ".join(svc["healthcheck"]["test"])
+    assert "COVIDSEG_API_KEYS" in svc["environment"]
+    gpu = compose["services"]["covidseg-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "gpu"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+def test_ci_script_fails_on_errors():
+    text = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in text
