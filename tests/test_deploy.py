@@ -68,3 +68,14 @@ def test_compose_file():
 def test_ci_script_fails_on_errors():
     text = (ROOT / ".ci" / "run").read_text()
     assert "set -euo pipefail" in text
+
+
+def test_compose_pacs_profile_runs_orthanc_and_the_bridge():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    orthanc = compose["services"]["orthanc"]
+    assert orthanc["profiles"] == ["pacs"] and "orthanc" in orthanc["image"]
+    bridge = compose["services"]["pacs-bridge"]
+    assert bridge["profiles"] == ["pacs"] and bridge["command"][:3] == ["python", "-m", "app.pacs"]
+    assert bridge["environment"]["COVIDSEG_PACS_ORTHANC_URL"] == "http://orthanc:8042"
+    assert bridge["volumes"] and bridge["depends_on"]["covidseg"]["condition"] == "service_healthy"
+    assert "Connect to your PACS" in README and "python -m app.pacs" in README

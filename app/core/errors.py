@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -44,11 +45,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # The offending input is not echoed back: it may be (part of) an uploaded file.
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         resp = error_response(422, "invalid_parameter", _describe(errors), request)
-        body = {"detail": _describe(errors), "code": "invalid_parameter", "errors": errors}
-        rid = getattr(request.state, "request_id", None)
-        if rid:
-            body["request_id"] = rid
-        return JSONResponse(body, status_code=resp.status_code)
+        body = json.loads(resp.body)
+        body["errors"] = errors
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -14,7 +14,10 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import MetricsDep, ServiceDep, SettingsDep
 from app.core.config import Settings
-from app.pipeline.load import InputError, LoadedImage, load_image_bytes
+from app.pipeline.dicom import (DICOM_MEDIA_TYPE, dataset_bytes, echo_uids, secondary_capture_dataset,
+                                segmentation_dataset)
+from app.pipeline.inputs import decode_upload
+from app.pipeline.load import InputError, LoadedImage
 from app.pipeline.postprocess import Segmentation
 from app.pipeline.render import encode_png, mask_image, overlay_rgb, probability_image
 from app.services.segmentation import SegmentationService, Timings
@@ -28,6 +31,8 @@ SEVERITY_DOC = ("Severity grade from the share of the lung field predicted infec
 class OutputFormat(str, Enum):
     json = "json"
     png = "png"
+    dicom_seg = "dicom-seg"
+    dicom_sc = "dicom-sc"
 
 
 class PngOutput(str, Enum):
@@ -50,11 +55,20 @@ class ImageInfo(BaseModel):
     mode: str = Field(description="pixel mode as decoded (L, I;16, RGB, ...)")
 
 
+class DicomIdentifiers(BaseModel):
+    """UIDs of a DICOM input (never patient name or ID)."""
+
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
 class SegmentResult(BaseModel):
     """Measurements of one image, at its own resolution."""
 
     index: int = Field(0, description="position of the file in the request")
     image: ImageInfo
+    dicom: DicomIdentifiers | None = Field(None, description="for DICOM inputs: the source's UIDs")
     threshold: float = Field(description="infection decision threshold applied")
     ppar: float = Field(description="predicted positive area ratio: infection pixels / all image pixels")
     infection_pixels: int
@@ -84,10 +98,11 @@ class BatchResponse(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "empty, truncated or corrupt file"},
+    422: {"description": "invalid parameter (threshold, format, output, include), missing file, DICOM without "
+                        "pixel data or multi-frame, or a DICOM output asked of a non-DICOM input"},
     401: {"description": "missing or invalid X-API-Key (when keys are configured)"},
     413: {"description": "file over the upload limit, or image over the pixel limit"},
     415: {"description": "not an image, or an unsupported format or pixel mode"},
-    422: {"description": "invalid parameter (threshold, format, output, include) or missing file"},
     503: {"description": "model not loaded yet"},
 }
 
@@ -117,7 +132,8 @@ async def read_upload(file: UploadFile, settings: Settings, timings: Timings, in
                          f"{'file' if index is None else f'file {index}'} is larger than the upload limit of {settings.max_upload_bytes} bytes")
     t0 = time.perf_counter()
     try:
-        loaded = await anyio.to_thread.run_sync(load_image_bytes, data, settings.max_pixels)
+        loaded = await anyio.to_thread.run_sync(decode_upload, data, settings.max_pixels, file.filename,
+                                                file.content_type)
     except InputError as exc:
         if index is not None:
             exc.message = f"file {index}: {exc.message}"
@@ -136,11 +152,27 @@ def png_of(seg: Segmentation, loaded: LoadedImage, output: str) -> bytes:
     return encode_png(mask_image(seg.infection_mask))
 
 
+def dicom_output(format: OutputFormat, seg: Segmentation, loaded: LoadedImage, model: dict[str, str]) -> bytes:
+    """The SEG or SC of a DICOM input, as Part 10 bytes."""
+    source = loaded.extra["dataset"]
+    try:
+        if format is OutputFormat.dicom_seg:
+            return dataset_bytes(segmentation_dataset(source, seg, model))
+        return dataset_bytes(secondary_capture_dataset(source, loaded.gray, seg, model))
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        # highdicom refuses sources that lack what SEG/SC must copy (study, patient module...)
+        raise InputError(422, "incomplete_dicom",
+                         f"cannot build {format.value} from this DICOM: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]}") from exc
+
+
 def result_of(seg: Segmentation, loaded: LoadedImage, include: set[str], index: int = 0) -> SegmentResult:
     embedded = {f"{name}_png_base64": base64.b64encode(png_of(seg, loaded, name)).decode() for name in include}
+    uids = echo_uids(loaded.extra)
     return SegmentResult(
         index=index,
         image=ImageInfo(width=loaded.width, height=loaded.height, format=loaded.format, mode=loaded.mode),
+        dicom=DicomIdentifiers(**uids) if uids is not None else None,
         threshold=seg.threshold, ppar=seg.ppar, infection_pixels=seg.infection_pixels, lung_pixels=seg.lung_pixels,
         lung_fraction=seg.lung_fraction, infected_lung_share=seg.infected_lung_share, severity=seg.severity,
         **embedded,
@@ -169,10 +201,12 @@ async def segment(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    file: Annotated[UploadFile, File(description="PNG or JPEG (8/16-bit gray, RGB, RGBA, palette)")],
+    file: Annotated[UploadFile, File(description="PNG or JPEG (8/16-bit gray, RGB, RGBA, palette) or DICOM")],
     threshold: ThresholdQuery = None,
     format: Annotated[OutputFormat | None, Query(
-        description="json (default) or png; an Accept: image/png header also selects png")] = None,
+        description="json (default), png (an Accept: image/png header also selects it), dicom-seg (DICOM "
+                    "Segmentation of infection and lung) or dicom-sc (Secondary Capture of the overlay); "
+                    "the DICOM outputs for DICOM inputs only")] = None,
     output: Annotated[PngOutput, Query(
         description="with format=png: mask (0/255), overlay, probability (8-bit) or lung (0/255); "
                     "at the input's width and height")] = PngOutput.mask,
@@ -184,8 +218,18 @@ async def segment(
         format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
     timings = Timings()
     loaded = await read_upload(file, settings, timings)
+    if format in (OutputFormat.dicom_seg, OutputFormat.dicom_sc) and loaded.format != "DICOM":
+        raise InputError(422, "invalid_parameter", f"format={format.value} needs a DICOM input; "
+                                                   f"this file is {loaded.format}")
     seg = (await run_model(service, metrics, [loaded], th, timings))[0]
     rid = request.state.request_id
+    if format in (OutputFormat.dicom_seg, OutputFormat.dicom_sc):
+        t0 = time.perf_counter()
+        dicom = await anyio.to_thread.run_sync(dicom_output, format, seg, loaded, service.model_identity())
+        timings.postprocess += 1000 * (time.perf_counter() - t0)
+        headers = {"X-PPAR": f"{seg.ppar:.6f}", "X-Threshold": f"{th}", "X-Severity": seg.severity,
+                   "X-Model-Version": service.model.info.version, "Cache-Control": "no-store"}
+        return Response(dicom, media_type=DICOM_MEDIA_TYPE, headers=headers)
     if format is OutputFormat.png:
         t0 = time.perf_counter()
         png = await anyio.to_thread.run_sync(png_of, seg, loaded, output.value)

@@ -1,0 +1,62 @@
+"""A small client for Orthanc's REST API: find CR/DX instances, download, upload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+XRAY_MODALITIES = ("CR", "DX")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One source image in Orthanc, by its Orthanc id and its DICOM UIDs."""
+
+    orthanc_id: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+
+
+class OrthancClient:
+    def __init__(self, url: str, username: str | None = None, password: str | None = None, timeout: float = 60.0):
+        auth = (username, password) if username else None
+        self.http = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _json(self, method: str, path: str, **kw):
+        r = self.http.request(method, path, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def find_instances(self, study_uid: str | None = None, date_from: str | None = None,
+                       date_to: str | None = None, modalities: tuple[str, ...] = XRAY_MODALITIES) -> list[Instance]:
+        """CR/DX instances, optionally of one study or of studies in a date range (YYYYMMDD)."""
+        found: dict[str, Instance] = {}
+        for modality in modalities:
+            query: dict[str, str] = {"Modality": modality}
+            if study_uid:
+                query["StudyInstanceUID"] = study_uid
+            if date_from or date_to:
+                query["StudyDate"] = f"{date_from or ''}-{date_to or ''}"
+            for series in self._json("POST", "/tools/find", json={"Level": "Series", "Query": query, "Expand": True}):
+                study = self._json("GET", f"/studies/{series['ParentStudy']}")
+                for inst_id in series.get("Instances", []):
+                    tags = self._json("GET", f"/instances/{inst_id}")["MainDicomTags"]
+                    found[inst_id] = Instance(inst_id, tags.get("SOPInstanceUID", ""),
+                                              series["MainDicomTags"].get("SeriesInstanceUID", ""),
+                                              study["MainDicomTags"].get("StudyInstanceUID", ""))
+        return sorted(found.values(), key=lambda i: (i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid))
+
+    def download(self, instance: Instance) -> bytes:
+        r = self.http.get(f"/instances/{instance.orthanc_id}/file")
+        r.raise_for_status()
+        return r.content
+
+    def upload(self, dicom: bytes) -> str:
+        """Store a Part 10 file; returns its Orthanc id."""
+        return self._json("POST", "/instances", content=dicom,
+                          headers={"Content-Type": "application/dicom"})["ID"]

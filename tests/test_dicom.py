@@ -1,0 +1,148 @@
+"""DICOM in (pydicom) and out (highdicom SEG and SC), through the real app on the shipped model."""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from app.pipeline.dicom import load_dicom_bytes, looks_like_dicom
+from app.pipeline.load import InputError
+from tests.conftest import fixture_images, read_gray
+from tests.dicom_fixtures import make_cxr_dicom, read
+
+COVID = fixture_images("Val", "COVID-19")[0]
+
+
+def post(client, data: bytes, params: str = "", name: str = "image.dcm", content_type: str = "application/dicom"):
+    return client.post(f"/segment{params}", files={"file": (name, data, content_type)})
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"photometric": "MONOCHROME1"}, {"modality": "DX"}, {"compress": RLELossless},
+    {"compress": JPEG2000Lossless, "photometric": "MONOCHROME1"}, {"compress": "jpeg-baseline"},
+], ids=["cr", "mono1", "dx", "rle", "j2k-mono1", "jpeg-baseline"])
+def test_decodes_to_the_same_gray_image(kw):
+    loaded = load_dicom_bytes(make_cxr_dicom(COVID, **kw), max_pixels=10 ** 8)
+    ref = read_gray(COVID).astype(int)
+    tolerance = 4 if kw.get("compress") == "jpeg-baseline" else 1  # lossy JPEG
+    assert np.abs(loaded.gray.astype(int) - ref).mean() < tolerance
+    assert loaded.format == "DICOM" and set(loaded.extra["dicom"]) == {
+        "study_instance_uid", "series_instance_uid", "sop_instance_uid"}
+
+
+def test_rescale_and_missing_window_stretch_the_image_range():
+    loaded = load_dicom_bytes(make_cxr_dicom(COVID, window=False, slope=2.0, intercept=-1024), 10 ** 8)
+    assert loaded.gray.min() == 0 and loaded.gray.max() == 255
+    assert np.corrcoef(loaded.gray.ravel(), read_gray(COVID).ravel())[0, 1] > 0.999
+
+
+def test_detection_by_content_media_type_or_extension():
+    data = make_cxr_dicom(COVID)
+    assert looks_like_dicom(data)
+    assert looks_like_dicom(b"x", content_type="application/dicom")
+    assert looks_like_dicom(b"x", filename="A.DCM")
+    assert not looks_like_dicom(COVID.read_bytes(), "x.png", "image/png")
+
+
+def test_multi_frame_and_no_pixel_data_are_refused():
+    ds = read(make_cxr_dicom(COVID))
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(InputError) as err:
+        load_dicom_bytes(buf.getvalue(), 10 ** 8)
+    assert err.value.status == 422 and err.value.code == "multi_frame"
+    del ds.PixelData
+    ds.NumberOfFrames = 1
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(InputError) as err:
+        load_dicom_bytes(buf.getvalue(), 10 ** 8)
+    assert err.value.status == 422 and err.value.code == "no_pixel_data"
+
+
+def test_json_answer_echoes_uids_not_patient(service_client):
+    client, _ = service_client
+    data = make_cxr_dicom(COVID, photometric="MONOCHROME1", patient_name="SECRET^PATIENT")
+    src = read(data)
+    r = post(client, data, "?threshold=0.5")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dicom"] == {"study_instance_uid": src.StudyInstanceUID,
+                             "series_instance_uid": src.SeriesInstanceUID, "sop_instance_uid": src.SOPInstanceUID}
+    assert body["image"]["format"] == "DICOM" and "SECRET" not in r.text and "PID-0001" not in r.text
+    png = client.post("/segment?threshold=0.5", files={"file": ("x.png", COVID.read_bytes(), "image/png")}).json()
+    assert abs(body["infection_pixels"] - png["infection_pixels"]) <= 0.01 * max(1, png["infection_pixels"])
+
+
+def test_bad_dicom_gets_a_clear_4xx(service_client):
+    client, _ = service_client
+    truncated = make_cxr_dicom(COVID)[:2000]
+    r = post(client, truncated)
+    assert r.status_code == 400 and r.json()["code"] == "corrupt_dicom"
+    ds = read(make_cxr_dicom(COVID))
+    del ds.PixelData
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = post(client, buf.getvalue())
+    assert r.status_code == 422 and "no pixel data" in r.json()["detail"]
+
+
+def test_dicom_seg_round_trips_and_equals_the_png_mask(service_client):
+    client, service = service_client
+    data = make_cxr_dicom(COVID, modality="DX", compress=RLELossless)
+    src = read(data)
+    r = post(client, data, "?format=dicom-seg&threshold=0.25")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    seg = hd.seg.segread(io.BytesIO(r.content))
+    assert seg.StudyInstanceUID == src.StudyInstanceUID and seg.PatientID == src.PatientID
+    assert seg.SeriesInstanceUID != src.SeriesInstanceUID and seg.SOPInstanceUID != src.SOPInstanceUID
+    assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["COVID-19 infection", "Lung"]
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == service.model.info.name and algo.AlgorithmVersion == service.model.info.version
+    pixels = seg.pixel_array  # (frames, rows, cols): one frame per segment
+    assert pixels.shape == (2, 256, 256)
+    png = client.post("/segment?format=png&threshold=0.25",
+                      files={"file": ("x.dcm", data, "application/dicom")})
+    mask = np.asarray(Image.open(io.BytesIO(png.content))) > 0
+    assert np.array_equal(pixels[0].astype(bool), mask) and mask.any()
+    lung = client.post("/segment?format=png&output=lung", files={"file": ("x.dcm", data, "application/dicom")})
+    assert np.array_equal(pixels[1].astype(bool), np.asarray(Image.open(io.BytesIO(lung.content))) > 0)
+
+
+def test_dicom_sc_is_an_rgb_overlay_in_a_new_series(service_client):
+    client, _ = service_client
+    data = make_cxr_dicom(COVID)
+    src = read(data)
+    r = post(client, data, "?format=dicom-sc")
+    assert r.status_code == 200
+    sc = pydicom.dcmread(io.BytesIO(r.content))
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"
+    assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SeriesInstanceUID != src.SeriesInstanceUID
+    assert sc.BurnedInAnnotation == "YES" and "PPAR" in sc.DerivationDescription
+    rgb = sc.pixel_array
+    assert rgb.shape == (256, 256, 3)
+    red = (rgb[..., 0] > rgb[..., 1] + 40)
+    assert red.any()  # infection tint present
+
+
+def test_dicom_outputs_need_a_dicom_input(service_client):
+    r = service_client[0].post("/segment?format=dicom-seg", files={"file": ("x.png", COVID.read_bytes(), "image/png")})
+    assert r.status_code == 422 and "needs a DICOM input" in r.json()["detail"]
+
+
+def test_batch_accepts_dicom(service_client):
+    files = [("files", ("a.dcm", make_cxr_dicom(COVID), "application/dicom")),
+             ("files", ("b.png", COVID.read_bytes(), "image/png"))]
+    r = service_client[0].post("/segment/batch", files=files)
+    assert r.status_code == 200
+    a, b = r.json()["results"]
+    assert a["image"]["format"] == "DICOM" and "dicom" in a and "dicom" not in b
