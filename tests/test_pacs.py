@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -30,6 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running(args: list[str], ready_url: str, **popen):
+    """A server process for the duration of the block, once ``ready_url`` answers 200."""
+    proc = subprocess.Popen(args, **popen)
+    try:
+        wait_for(ready_url, proc)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -54,30 +67,20 @@ def orthanc(tmp_path_factory):
               "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
               "StorageCompression": False}
     (work / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([ORTHANC, str(work / "orthanc.json")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/system", proc)
+    with running([ORTHANC, str(work / "orthanc.json")], f"{url}/system", stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def live_service():
     port = free_port()
     env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model_under_test()), "COVIDSEG_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/ready", proc)
+    with running([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)], f"{url}/ready",
+                 env=env, cwd=ROOT):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def upload(orthanc: str, data: bytes) -> str:

@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from app import __version__
-from app.pipeline.load import InputError, LoadedImage
+from app.pipeline.load import InputError, LoadedImage, stretch_to_uint8
 from app.pipeline.postprocess import Segmentation
 from app.pipeline.render import overlay_rgb
 
@@ -56,16 +56,6 @@ def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
     if slope is not None and intercept is not None:
         lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
     return lo, hi
-
-
-def _scale_to_uint8(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Linear map of [lo, hi] (default: the image's own min and max) onto 0..255."""
-    a = a.astype(np.float64)
-    lo = float(a.min()) if lo is None else lo
-    hi = float(a.max()) if hi is None else hi
-    if hi <= lo:
-        return np.zeros(a.shape, dtype=np.uint8)
-    return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 def load_dicom_bytes(data: bytes, max_pixels: int) -> LoadedImage:
@@ -103,9 +93,9 @@ def load_dicom_bytes(data: bytes, max_pixels: int) -> LoadedImage:
         if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
             # The presentation the modality chose: window onto its output range.
             values = apply_voi_lut(values, ds, prefer_lut=True)
-            gray = _scale_to_uint8(values, *_voi_output_range(ds))
+            gray = stretch_to_uint8(values, *_voi_output_range(ds))
         else:  # no presentation given: stretch the image's own range
-            gray = _scale_to_uint8(values)
+            gray = stretch_to_uint8(values)
         if photometric == "MONOCHROME1":  # higher values are darker: invert to MONOCHROME2
             gray = 255 - gray
     uids = {k: str(ds[v].value) for k, v in ECHOED_UIDS.items() if v in ds}

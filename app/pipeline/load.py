@@ -48,14 +48,20 @@ class LoadedImage:
         return int(self.gray.shape[0])
 
 
+def stretch_to_uint8(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linear map of [lo, hi] (default: the image's own min and max) onto 0..255, clipped."""
+    a = np.asarray(values, dtype=np.float64)
+    lo = float(a.min()) if lo is None else lo
+    hi = float(a.max()) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
 def to_uint8_gray(image: Image.Image) -> np.ndarray:
     """Any accepted mode -> uint8 grayscale. Wide (16/32-bit) gray is stretched min..max to 0..255."""
     if image.mode in GRAY_WIDE:
-        a = np.asarray(image).astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        if hi <= lo:
-            return np.zeros(a.shape, dtype=np.uint8)
-        return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        return stretch_to_uint8(np.asarray(image))
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     return np.asarray(image.convert("L"))

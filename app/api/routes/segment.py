@@ -152,6 +152,12 @@ def png_of(seg: Segmentation, loaded: LoadedImage, output: str) -> bytes:
     return encode_png(mask_image(seg.infection_mask))
 
 
+def summary_headers(seg: Segmentation, service: SegmentationService) -> dict[str, str]:
+    """The key figures as headers, for clients of the binary (PNG, DICOM) answers."""
+    return {"X-PPAR": f"{seg.ppar:.6f}", "X-Threshold": f"{seg.threshold}", "X-Severity": seg.severity,
+            "X-Model-Version": service.model.info.version, "Cache-Control": "no-store"}
+
+
 def dicom_output(format: OutputFormat, seg: Segmentation, loaded: LoadedImage, model: dict[str, str]) -> bytes:
     """The SEG or SC of a DICOM input, as Part 10 bytes."""
     source = loaded.extra["dataset"]
@@ -227,16 +233,12 @@ async def segment(
         t0 = time.perf_counter()
         dicom = await anyio.to_thread.run_sync(dicom_output, format, seg, loaded, service.model_identity())
         timings.postprocess += 1000 * (time.perf_counter() - t0)
-        headers = {"X-PPAR": f"{seg.ppar:.6f}", "X-Threshold": f"{th}", "X-Severity": seg.severity,
-                   "X-Model-Version": service.model.info.version, "Cache-Control": "no-store"}
-        return Response(dicom, media_type=DICOM_MEDIA_TYPE, headers=headers)
+        return Response(dicom, media_type=DICOM_MEDIA_TYPE, headers=summary_headers(seg, service))
     if format is OutputFormat.png:
         t0 = time.perf_counter()
         png = await anyio.to_thread.run_sync(png_of, seg, loaded, output.value)
         timings.postprocess += 1000 * (time.perf_counter() - t0)
-        headers = {"X-PPAR": f"{seg.ppar:.6f}", "X-Threshold": f"{th}", "X-Severity": seg.severity,
-                   "X-Model-Version": service.model.info.version, "Cache-Control": "no-store"}
-        return Response(png, media_type="image/png", headers=headers)
+        return Response(png, media_type="image/png", headers=summary_headers(seg, service))
     t0 = time.perf_counter()
     result = await anyio.to_thread.run_sync(result_of, seg, loaded, include_set)
     timings.postprocess += 1000 * (time.perf_counter() - t0)
