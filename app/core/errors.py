@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -19,8 +18,8 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
 
 
 def error_response(status: int, code: str, detail: str, request: Request | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"detail": detail, "code": code}
+                   headers: dict[str, str] | None = None, **extra: object) -> JSONResponse:
+    body = {"detail": detail, "code": code, **extra}
     rid = getattr(request.state, "request_id", None) if request is not None else None
     if rid:
         body["request_id"] = rid
@@ -44,10 +43,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The offending input is not echoed back: it may be (part of) an uploaded file.
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        resp = error_response(422, "invalid_parameter", _describe(errors), request)
-        body = json.loads(resp.body)
-        body["errors"] = errors
-        return JSONResponse(body, status_code=422)
+        return error_response(422, "invalid_parameter", _describe(errors), request, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.retries, args.retry_wait)
     try:
         try:
-            instances = bridge._retry(orthanc.find_instances, args.study, args.date_from, args.date_to)
+            instances = bridge.retry(orthanc.find_instances, args.study, args.date_from, args.date_to)
         except Exception as exc:  # noqa: BLE001 - reported, nothing started
             print(f"cannot list instances in Orthanc at {args.orthanc_url}: {exc}", file=sys.stderr)
             return 3

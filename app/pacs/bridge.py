@@ -73,7 +73,8 @@ class Bridge:
     def close(self) -> None:
         self.service.close()
 
-    def _retry(self, fn: Callable, *args):
+    def retry(self, fn: Callable, *args):
+        """``fn(*args)`` with backoff on transient failures (RetryError when they last)."""
         for attempt in Retrying(**self.retrying):
             with attempt:
                 return fn(*args)
@@ -100,9 +101,9 @@ class Bridge:
             if kind in done:
                 continue
             if dicom is None:
-                dicom = self._retry(self.orthanc.download, instance)
-            output = self._retry(self._segment, dicom, fmt)
-            self._retry(self.orthanc.upload, output)
+                dicom = self.retry(self.orthanc.download, instance)
+            output = self.retry(self._segment, dicom, fmt)
+            self.retry(self.orthanc.upload, output)
             uid = str(pydicom.dcmread(io.BytesIO(output), stop_before_pixels=True).SOPInstanceUID)
             self.state.record_output(instance.sop_instance_uid, kind, uid)
         self.state.mark_processed(instance.sop_instance_uid)

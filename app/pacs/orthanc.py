@@ -36,6 +36,7 @@ class OrthancClient:
                        date_to: str | None = None, modalities: tuple[str, ...] = XRAY_MODALITIES) -> list[Instance]:
         """CR/DX instances, optionally of one study or of studies in a date range (YYYYMMDD)."""
         found: dict[str, Instance] = {}
+        study_uids: dict[str, str] = {}  # Orthanc study id -> StudyInstanceUID, fetched once per study
         for modality in modalities:
             query: dict[str, str] = {"Modality": modality}
             if study_uid:
@@ -43,12 +44,15 @@ class OrthancClient:
             if date_from or date_to:
                 query["StudyDate"] = f"{date_from or ''}-{date_to or ''}"
             for series in self._json("POST", "/tools/find", json={"Level": "Series", "Query": query, "Expand": True}):
-                study = self._json("GET", f"/studies/{series['ParentStudy']}")
-                for inst_id in series.get("Instances", []):
-                    tags = self._json("GET", f"/instances/{inst_id}")["MainDicomTags"]
-                    found[inst_id] = Instance(inst_id, tags.get("SOPInstanceUID", ""),
-                                              series["MainDicomTags"].get("SeriesInstanceUID", ""),
-                                              study["MainDicomTags"].get("StudyInstanceUID", ""))
+                study_id = series["ParentStudy"]
+                if study_id not in study_uids:
+                    study = self._json("GET", f"/studies/{study_id}")
+                    study_uids[study_id] = study["MainDicomTags"].get("StudyInstanceUID", "")
+                # one call lists the series' instances with their tags
+                for inst in self._json("GET", f"/series/{series['ID']}/instances"):
+                    found[inst["ID"]] = Instance(inst["ID"], inst["MainDicomTags"].get("SOPInstanceUID", ""),
+                                                 series["MainDicomTags"].get("SeriesInstanceUID", ""),
+                                                 study_uids[study_id])
         return sorted(found.values(), key=lambda i: (i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid))
 
     def download(self, instance: Instance) -> bytes:

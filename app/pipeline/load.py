@@ -68,9 +68,8 @@ def to_uint8_gray(image: Image.Image) -> np.ndarray:
 
 
 def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
-    """Decode a PNG or JPEG upload into a :class:`LoadedImage`."""
-    if not data:
-        raise InputError(400, "empty_file", "the uploaded file is empty")
+    """Decode a PNG or JPEG upload into a :class:`LoadedImage` (empty files are refused by
+    :func:`app.pipeline.inputs.decode_upload`, before the format is known)."""
     try:
         with warnings.catch_warnings():
             # Our own pixel limit applies below; Pillow's bomb warning would only add noise.

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import anyio
 import numpy as np
@@ -20,6 +20,7 @@ from app.pipeline.postprocess import Segmentation, postprocess
 from app.pipeline.preprocess import preprocess_batch
 
 log = logging.getLogger("app.segmentation")
+T = TypeVar("T")
 FALLBACK_THRESHOLD = 0.5
 
 
@@ -31,6 +32,14 @@ class Timings:
     preprocess: float = 0.0
     inference: float = 0.0
     postprocess: float = 0.0
+
+    async def run(self, step: str, fn: Callable[..., T], *args: Any,
+                  limiter: anyio.CapacityLimiter | None = None) -> T:
+        """Run ``fn(*args)`` in a worker thread (off the event loop), adding its time to ``step``."""
+        t0 = time.perf_counter()
+        result = await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        setattr(self, step, getattr(self, step) + 1000 * (time.perf_counter() - t0))
+        return result
 
     def as_dict(self) -> dict[str, float]:
         d = {k: round(v, 2) for k, v in vars(self).items()}
@@ -89,18 +98,10 @@ class SegmentationService:
     async def segment(self, images: list[LoadedImage], threshold: float,
                       timings: Timings) -> list[Segmentation]:
         """Run the shared middle of the pipeline off the event loop; one batch for all images."""
-        t0 = time.perf_counter()
-        batch = await anyio.to_thread.run_sync(preprocess_batch, [im.gray for im in images], self.input_size)
-        t1 = time.perf_counter()
-        probs = await anyio.to_thread.run_sync(self.model.predict, batch, limiter=self._limiter())
-        t2 = time.perf_counter()
+        batch = await timings.run("preprocess", preprocess_batch, [im.gray for im in images], self.input_size)
+        probs = await timings.run("inference", self.model.predict, batch, limiter=self._limiter())
 
         def _post() -> list[Segmentation]:
             return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
 
-        results = await anyio.to_thread.run_sync(_post)
-        t3 = time.perf_counter()
-        timings.preprocess += 1000 * (t1 - t0)
-        timings.inference += 1000 * (t2 - t1)
-        timings.postprocess += 1000 * (t3 - t2)
-        return results
+        return await timings.run("postprocess", _post)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import base64
-import time
 from enum import Enum
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from app.api.deps import MetricsDep, ServiceDep, SettingsDep
 from app.core.config import Settings
+from app.core.metrics import ServiceMetrics
 from app.pipeline.dicom import (DICOM_MEDIA_TYPE, dataset_bytes, echo_uids, secondary_capture_dataset,
                                 segmentation_dataset)
 from app.pipeline.inputs import decode_upload
@@ -130,16 +129,13 @@ async def read_upload(file: UploadFile, settings: Settings, timings: Timings, in
     if len(data) > settings.max_upload_bytes:
         raise InputError(413, "payload_too_large",
                          f"{'file' if index is None else f'file {index}'} is larger than the upload limit of {settings.max_upload_bytes} bytes")
-    t0 = time.perf_counter()
     try:
-        loaded = await anyio.to_thread.run_sync(decode_upload, data, settings.max_pixels, file.filename,
-                                                file.content_type)
+        return await timings.run("decode", decode_upload, data, settings.max_pixels, file.filename,
+                                 file.content_type)
     except InputError as exc:
         if index is not None:
             exc.message = f"file {index}: {exc.message}"
         raise
-    timings.decode += 1000 * (time.perf_counter() - t0)
-    return loaded
 
 
 def png_of(seg: Segmentation, loaded: LoadedImage, output: str) -> bytes:
@@ -185,7 +181,7 @@ def result_of(seg: Segmentation, loaded: LoadedImage, include: set[str], index: 
     )
 
 
-async def run_model(service: SegmentationService, metrics, images: list[LoadedImage], threshold: float,
+async def run_model(service: SegmentationService, metrics: ServiceMetrics, images: list[LoadedImage], threshold: float,
                     timings: Timings) -> list[Segmentation]:
     before = timings.inference
     segs = await service.segment(images, threshold, timings)
@@ -230,18 +226,12 @@ async def segment(
     seg = (await run_model(service, metrics, [loaded], th, timings))[0]
     rid = request.state.request_id
     if format in (OutputFormat.dicom_seg, OutputFormat.dicom_sc):
-        t0 = time.perf_counter()
-        dicom = await anyio.to_thread.run_sync(dicom_output, format, seg, loaded, service.model_identity())
-        timings.postprocess += 1000 * (time.perf_counter() - t0)
+        dicom = await timings.run("postprocess", dicom_output, format, seg, loaded, service.model_identity())
         return Response(dicom, media_type=DICOM_MEDIA_TYPE, headers=summary_headers(seg, service))
     if format is OutputFormat.png:
-        t0 = time.perf_counter()
-        png = await anyio.to_thread.run_sync(png_of, seg, loaded, output.value)
-        timings.postprocess += 1000 * (time.perf_counter() - t0)
+        png = await timings.run("postprocess", png_of, seg, loaded, output.value)
         return Response(png, media_type="image/png", headers=summary_headers(seg, service))
-    t0 = time.perf_counter()
-    result = await anyio.to_thread.run_sync(result_of, seg, loaded, include_set)
-    timings.postprocess += 1000 * (time.perf_counter() - t0)
+    result = await timings.run("postprocess", result_of, seg, loaded, include_set)
     body = SegmentResponse(**result.model_dump(), request_id=rid, model=ModelIdentity(**service.model_identity()),
                            timings_ms=timings.as_dict())
     return JSONResponse(body.model_dump(exclude_none=True), headers={"Cache-Control": "no-store"})
@@ -274,7 +264,7 @@ async def segment_batch(
     def _results() -> list[SegmentResult]:
         return [result_of(s, im, include_set, i) for i, (s, im) in enumerate(zip(segs, loaded))]
 
-    results = await anyio.to_thread.run_sync(_results)
+    results = await timings.run("postprocess", _results)
     body = BatchResponse(request_id=request.state.request_id, model=ModelIdentity(**service.model_identity()),
                          threshold=th, results=results, timings_ms=timings.as_dict())
     return JSONResponse(body.model_dump(exclude_none=True), headers={"Cache-Control": "no-store"})
