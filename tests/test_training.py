@@ -60,6 +60,45 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path):
         train.main([*SMOKE, "--out", str(tmp_path / "empty"), "--epochs", "1", "--resume"])
 
 
+def test_init_from_starts_from_the_parent_weights_and_records_the_parent(trained: Path, tmp_path: Path):
+    out = tmp_path / "phase2"
+    # lr 0: the weights can only equal the parent's if they were loaded from it
+    assert train.main([*SMOKE, "--out", str(out), "--epochs", "1", "--init-from", str(trained / "best.pt"),
+                       "--lr", "0", "--negative-weight", "3"]) == 0
+    parent = torch.load(trained / "best.pt", weights_only=False)
+    child = torch.load(out / "best.pt", weights_only=False)
+    key = next(k for k in parent["model"] if k.endswith("conv1.weight"))
+    assert torch.equal(parent["model"][key], child["model"][key])
+    config = json.loads((out / "config.json").read_text())
+    assert config["parent"]["checkpoint"] == str(trained / "best.pt")
+    assert config["parent"]["epoch"] == 1
+    assert config["parent"]["config"]["command"] == parent["config"]["command"]
+    assert config["negative_weight"] == 3
+
+    model = tmp_path / "phase2.onnx"
+    assert export.main(["--checkpoint", str(out / "best.pt"), "--output", str(model), "--name", "toy",
+                        "--data-root", str(FIXTURE_ROOT), "--parity-images", "1"]) == 0
+    phases = load_card(model)["training"]["phases"]
+    assert [p["command"] for p in phases] == [parent["config"]["command"], config["command"]]
+    assert "Normal-image BCE weight 3" in phases[1]["recipe"] and "Normal-image BCE weight 1" in phases[0]["recipe"]
+    assert "Phase 2 of 2" in model.with_suffix(".card.md").read_text()
+
+
+def test_export_keeps_the_attempts_of_the_model_it_replaces(exported: Path, tmp_path: Path, trained: Path):
+    old = load_card(exported)
+    old["attempts"] = ["run 1: what it gave"]
+    old_card = tmp_path / "old.card.json"
+    old_card.write_text(json.dumps(old))
+    model = tmp_path / "new.onnx"
+    assert export.main(["--checkpoint", str(trained / "best.pt"), "--output", str(model), "--name", "toy",
+                        "--version", "0.0.2", "--data-root", str(FIXTURE_ROOT), "--parity-images", "1",
+                        "--replaces", str(old_card), "--attempt", "run 2: what it gave"]) == 0
+    card = load_card(model)
+    assert card["attempts"] == ["run 1: what it gave", "run 2: what it gave"]
+    assert card["replaces"] == {"version": old["version"], "sha256": old["sha256"]}
+    assert f"Replaces: toy {old['version']}" in model.with_suffix(".card.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def exported(trained: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "toy.onnx"

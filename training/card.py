@@ -41,6 +41,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         card.get("description", ""),
         "",
         f"- File: `{card['file']}` (sha256 `{card['sha256']}`)",
+        *([f"- Replaces: {card['name']} {card['replaces']['version']} (sha256 `{card['replaces']['sha256']}`)"]
+          if card.get("replaces") else []),
         f"- Architecture: {card['architecture']}",
         f"- Input: {card['input']['description']}",
         f"- Output: {card['output']['description']}",
@@ -49,14 +51,20 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"- Data: COVID-QU-Ex infection subset, Train split: {t.get('train_counts')} available; "
-        f"{t.get('images_per_epoch')} images per epoch ({t.get('normal_per_epoch')} Normal drawn afresh each epoch). "
+        f"- Data: COVID-QU-Ex infection subset, Train split: {t.get('train_counts')} available; all COVID-19 "
+        "images every epoch plus Normal images drawn afresh each epoch. "
         "Non-COVID is never used (its empty masks are unannotated, not healthy lungs).",
-        f"- Recipe: {t.get('recipe', '')}",
-        f"- Selected epoch: {t.get('selected_epoch')} of {t.get('epochs')}",
-        f"- Command: `{t.get('command', '')}`",
-        "",
     ]
+    # Cards written before training could run in phases have one recipe and command.
+    phases = t.get("phases") or [{"recipe": t.get("recipe", ""), "command": t.get("command", ""),
+                                  "epochs": t.get("epochs"), "weights_from_epoch": t.get("selected_epoch"),
+                                  "images_per_epoch": t.get("images_per_epoch")}]
+    for n, phase in enumerate(phases, 1):
+        prefix = f"Phase {n} of {len(phases)}: " if len(phases) > 1 else "Recipe: "
+        lines += [f"- {prefix}{phase['recipe']}; {phase['images_per_epoch']} images per epoch; "
+                  f"weights from epoch {phase['weights_from_epoch']} of {phase['epochs']}",
+                  f"  - Command: `{phase['command']}`"]
+    lines.append("")
     attempts = card.get("attempts", [])
     if attempts:
         lines += ["## What was tried", ""] + [f"- {a}" for a in attempts] + [""]

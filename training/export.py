@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parity-images", type=int, default=4, help="images per class for the parity check")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--attempt", action="append", default=[], help="a line for the card's 'what was tried' (repeatable)")
+    p.add_argument("--replaces", type=Path, default=None,
+                   help="card JSON of the model this one replaces: its attempts are kept (before --attempt lines) "
+                        "and its version and sha256 recorded")
     return p.parse_args(argv)
 
 
@@ -88,8 +91,39 @@ def parity_check(net: torch.nn.Module, onnx_path: Path, images: list[np.ndarray]
     return float(np.abs(expected - got).max())
 
 
+def describe_recipe(config: dict[str, Any]) -> str:
+    """One line with the settings of one training run."""
+    size = config.get("image_size", INPUT_SIZE)
+    return (f"COVID+Normal (normal_ratio {config.get('normal_ratio')}), loss Dice+BCE on both heads "
+            f"(lung weight {config.get('lung_weight')}, Normal-image BCE weight {config.get('negative_weight', 1.0)}), "
+            f"{config.get('optimizer')} lr {config.get('lr')} schedule {config.get('schedule')} "
+            f"(warm-up {config.get('warmup_fraction')}), weight decay {config.get('weight_decay')}, "
+            f"batch {config.get('batch_size')}, {size}x{size}, augmentation {'on' if config.get('augment') else 'off'}, "
+            f"precision {config.get('precision_resolved')}, device {config.get('device')}")
+
+
+def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[dict[str, Any]]:
+    """Every training run that produced the weights, oldest first.
+
+    A run started with ``--init-from`` keeps its parent's config, so the chain can be
+    replayed from the card alone.
+    """
+    phases = []
+    current: dict[str, Any] | None = config
+    epoch = selected_epoch
+    while current is not None:
+        phases.append({"command": current.get("command"), "recipe": describe_recipe(current),
+                       "epochs": current.get("epochs"), "weights_from_epoch": epoch,
+                       "images_per_epoch": current.get("images_per_epoch")})
+        parent = current.get("parent")
+        current, epoch = (parent["config"], parent.get("epoch")) if parent else (None, None)
+    return phases[::-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Read before exporting: the replaced card is usually the one this export overwrites.
+    replaced = json.loads(args.replaces.read_text()) if args.replaces else None
     net, state = load_checkpoint_model(args.checkpoint)
     config = state["config"]
     size = int(config.get("image_size", INPUT_SIZE))
@@ -129,12 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "threshold_guidance": "0.5 conservative; 0.25 more sensitive on COVID-19 (source recipe's tuned point)",
         "intended_use": "Research and decision support on frontal chest X-rays; not a diagnostic device.",
         "training": {
-            "recipe": f"COVID+Normal (normal_ratio {config.get('normal_ratio')}), loss Dice+BCE on both heads "
-                      f"(lung weight {config.get('lung_weight')}), {config.get('optimizer')} lr {config.get('lr')} "
-                      f"schedule {config.get('schedule')} (warm-up {config.get('warmup_fraction')}), weight decay "
-                      f"{config.get('weight_decay')}, batch {config.get('batch_size')}, {size}x{size}, augmentation "
-                      f"{'on' if config.get('augment') else 'off'}, precision {config.get('precision_resolved')}, "
-                      f"device {config.get('device')}",
+            "recipe": describe_recipe(config),
+            "phases": training_phases(config, state.get("epoch")),
             "config": config,
             "train_counts": config.get("train_counts"),
             "val_counts": config.get("val_counts"),
@@ -155,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         },
-        "attempts": args.attempt,
+        "attempts": (replaced.get("attempts", []) if replaced else []) + args.attempt,
+        "replaces": {"version": replaced["version"], "sha256": replaced["sha256"]} if replaced else None,
         "limitations": [
             "Trained from scratch (no ImageNet weights could be downloaded where it was trained).",
             "Trained and validated on COVID-QU-Ex only (256x256 PNGs derived from several public sources); "

@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-fraction", type=float, default=0.1, help="share of steps warming up (onecycle, cosine)")
     p.add_argument("--normal-ratio", type=float, default=0.3, help="Normal images per COVID-19 image each epoch")
     p.add_argument("--lung-weight", type=float, default=0.5, help="weight of the lung head in the loss")
+    p.add_argument("--negative-weight", type=float, default=1.0,
+                   help="weight of the infection BCE on images with an empty infection mask (Normal)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of this checkpoint (a second training phase); "
+                        "optimizer and schedule start afresh")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--encoder-weights", default="none", help="'none' (from scratch) or 'imagenet' (needs internet)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
@@ -245,7 +250,11 @@ def train(args: argparse.Namespace) -> Path:
                         worker_init_fn=_worker_init if args.num_workers > 0 else None)
     weights = None if args.encoder_weights in ("none", "", None) else args.encoder_weights
     model = build_model(args.encoder, weights).to(device).to(memory_format=torch.channels_last)
-    loss_fn = DiceBCELoss(lung_weight=args.lung_weight)
+    parent = torch.load(args.init_from, map_location=device, weights_only=False) if args.init_from else None
+    if parent is not None and not args.resume:
+        model.load_state_dict(parent["model"])
+        log.info("initialised from %s (epoch %s)", args.init_from, parent.get("epoch"))
+    loss_fn = DiceBCELoss(lung_weight=args.lung_weight, negative_weight=args.negative_weight)
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = make_scheduler(optimizer, args.schedule, args.epochs * len(loader), args.warmup_fraction, args.lr)
@@ -257,6 +266,10 @@ def train(args: argparse.Namespace) -> Path:
                    "normal_per_epoch": len(sampler) - len(covid_idx), "images_per_epoch": len(sampler),
                    "val_counts": {c: int(len(val_data.where(c))) for c in TRAIN_CLASSES},
                    "command": "python -m training.train " + " ".join(sys.argv[1:])})
+    if parent is not None:
+        # The card must show every phase that produced the weights, so keep the parent's config.
+        config["parent"] = {"checkpoint": str(args.init_from), "epoch": parent.get("epoch"), "config": parent["config"]}
+        del parent
     history: list[dict[str, Any]] = []
     best_key: tuple[int, float] | None = None
     start_epoch = 0
