@@ -55,10 +55,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "images every epoch plus Normal images drawn afresh each epoch. "
         "Non-COVID is never used (its empty masks are unannotated, not healthy lungs).",
     ]
-    # Cards written before training could run in phases have one recipe and command.
-    phases = t.get("phases") or [{"recipe": t.get("recipe", ""), "command": t.get("command", ""),
-                                  "epochs": t.get("epochs"), "weights_from_epoch": t.get("selected_epoch"),
-                                  "images_per_epoch": t.get("images_per_epoch")}]
+    phases = t["phases"]
     for n, phase in enumerate(phases, 1):
         prefix = f"Phase {n} of {len(phases)}: " if len(phases) > 1 else "Recipe: "
         lines += [f"- {prefix}{phase['recipe']}; {phase['images_per_epoch']} images per epoch; "

@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         "threshold_guidance": "0.5 conservative; 0.25 more sensitive on COVID-19 (source recipe's tuned point)",
         "intended_use": "Research and decision support on frontal chest X-rays; not a diagnostic device.",
         "training": {
-            "recipe": describe_recipe(config),
             "phases": training_phases(config, state.get("epoch")),
             "config": config,
             "train_counts": config.get("train_counts"),
@@ -174,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
             "selected_epoch": state.get("epoch"),
             "selection": f"best Val COVID-19 Dice among epochs with Val Normal p95 PPAR <= {config.get('max_normal_p95')}",
             "selected_epoch_val_metrics_pytorch": state.get("metrics"),
-            "command": config.get("command"),
             "history": history,
         },
         "export": {

@@ -250,8 +250,9 @@ def train(args: argparse.Namespace) -> Path:
                         worker_init_fn=_worker_init if args.num_workers > 0 else None)
     weights = None if args.encoder_weights in ("none", "", None) else args.encoder_weights
     model = build_model(args.encoder, weights).to(device).to(memory_format=torch.channels_last)
-    parent = torch.load(args.init_from, map_location=device, weights_only=False) if args.init_from else None
-    if parent is not None and not args.resume:
+    parent = None
+    if args.init_from is not None and not args.resume:  # a resumed run already has the weights and the parent record
+        parent = torch.load(args.init_from, map_location=device, weights_only=False)
         model.load_state_dict(parent["model"])
         log.info("initialised from %s (epoch %s)", args.init_from, parent.get("epoch"))
     loss_fn = DiceBCELoss(lung_weight=args.lung_weight, negative_weight=args.negative_weight)
@@ -284,6 +285,8 @@ def train(args: argparse.Namespace) -> Path:
             scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, start_epoch = state["history"], state["epoch"]
+        if "parent" in state["config"]:
+            config["parent"] = state["config"]["parent"]
         best_key = tuple(state["best_key"]) if state.get("best_key") else None
         log.info("resumed from %s after epoch %d", last_path, start_epoch)
     (out / "config.json").write_text(json.dumps(config, indent=2))
