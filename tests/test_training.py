@@ -154,3 +154,19 @@ def test_evaluate_reports_all_classes_and_updates_the_card(exported: Path, tmp_p
 def test_clis_have_help(module: str):
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(tmp_path: Path):
+    out = tmp_path / "ema"
+    assert train.main([*SMOKE, "--out", str(out), "--epochs", "1", "--ema-decay", "0.5", "--augment", "strong",
+                       "--batch-size", "1"]) == 0  # 3 steps: the average lags the weights
+    last = torch.load(out / "last.pt", weights_only=False)
+    best = torch.load(out / "best.pt", weights_only=False)["model"]
+    key = next(k for k in best if k.endswith("weight"))
+    ema = {k.removeprefix("module."): v for k, v in last["ema"].items()}
+    assert torch.equal(best[key], ema[key])  # best.pt holds the average ...
+    assert not torch.equal(best[key], last["model"][key])  # ... not the raw weights
+    # resuming restores the average too
+    assert train.main([*SMOKE, "--out", str(out), "--epochs", "2", "--ema-decay", "0.5", "--resume",
+                       "--batch-size", "1"]) == 0
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]

@@ -12,40 +12,57 @@ from app.pipeline.preprocess import INPUT_SIZE, preprocess_image, resize_mask
 from training.data import LoadedSamples
 
 
-def build_augmentation() -> v2.Compose:
-    """Mild geometric and intensity jitter; masks follow the geometry with nearest-neighbour.
+AUGMENTATIONS = ("mild", "strong")
 
-    Chosen for training from scratch on ~2.4k images: flips and small affine changes that
-    keep anatomy plausible, and brightness/contrast changes that mimic exposure differences.
+
+class RandomGamma(v2.Transform):
+    """Gamma in ``[lo, hi]`` on the image only (masks pass through): the tone curves of different detectors."""
+
+    def __init__(self, lo: float = 0.7, hi: float = 1.5):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"gamma": float(torch.empty(1).uniform_(self.lo, self.hi))}
+
+    def transform(self, inpt, params: dict):
+        if isinstance(inpt, tv_tensors.Mask):
+            return inpt
+        return v2.functional.adjust_gamma(inpt, params["gamma"])
+
+
+def build_augmentation(strength: str = "mild") -> v2.Compose:
+    """Geometric and intensity jitter; masks follow the geometry with nearest-neighbour.
+
+    ``mild`` (the 1.x models): flips, small affine changes that keep anatomy plausible, and
+    brightness/contrast changes that mimic exposure differences. ``strong`` adds detector tone
+    curves (gamma), a global contrast stretch and local contrast equalisation (CLAHE-like).
     """
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1))], p=0.7),
-            v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.5),
-        ]
-    )
+    steps = [
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomApply([v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1))], p=0.7),
+        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.5),
+    ]
+    if strength == "strong":
+        steps += [v2.RandomApply([RandomGamma()], p=0.5), v2.RandomAutocontrast(p=0.2), v2.RandomEqualize(p=0.1)]
+    elif strength != "mild":
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {strength!r}")
+    return v2.Compose(steps)
 
 
 class SegmentationDataset(Dataset):
     """Yields ``(x, y)``: x float32 (3, S, S) from :func:`preprocess_image`, y float32 (2, S, S)
     with channels (infection, lung)."""
 
-    def __init__(self, data: LoadedSamples, indices: np.ndarray | None = None, augment: bool = False,
-                 size: int = INPUT_SIZE):
+    def __init__(self, data: LoadedSamples, augment: str | None = None, size: int = INPUT_SIZE):
         self.data = data
-        self.indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=int)
-        self.transform = build_augmentation() if augment else None
+        self.transform = build_augmentation(augment) if augment else None
         self.size = size
 
-    def set_indices(self, indices: np.ndarray) -> None:
-        self.indices = np.asarray(indices, dtype=int)
-
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.indices[i]
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.data.images[k]
         masks = np.stack([self.data.infection[k], self.data.lung[k]])
         if self.transform is not None:

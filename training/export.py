@@ -27,6 +27,8 @@ from training.data import CLASSES, default_data_root, index_split, limit_per_cla
 from training.model import OUTPUT_CHANNELS, ProbabilityModel, build_model
 
 PARITY_TOLERANCE = 1e-4
+#: ``--augment`` was a yes/no flag before the mild/strong presets.
+AUGMENT_NAMES = {True: 'mild', False: 'none'}
 DEFAULT_NAME = "covidseg-unet-r34"
 CITATIONS = [
     'A. M. Tahir et al., "COVID-19 Infection Localization and Severity Grading from Chest X-ray Images", '
@@ -98,7 +100,7 @@ def describe_recipe(config: dict[str, Any]) -> str:
             f"(lung weight {config.get('lung_weight')}, Normal-image BCE weight {config.get('negative_weight', 1.0)}), "
             f"{config.get('optimizer')} lr {config.get('lr')} schedule {config.get('schedule')} "
             f"(warm-up {config.get('warmup_fraction')}), weight decay {config.get('weight_decay')}, "
-            f"batch {config.get('batch_size')}, {size}x{size}, augmentation {'on' if config.get('augment') else 'off'}, "
+            f"batch {config.get('batch_size')}, {size}x{size}, augmentation {AUGMENT_NAMES.get(config.get('augment'), config.get('augment'))}, "
             f"precision {config.get('precision_resolved')}, device {config.get('device')}")
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from app.pipeline.postprocess import ppar
 from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch, resize_mask
 from training.data import LoadedSamples, default_data_root, index_split, limit_per_class, load_samples, recipe_epoch_indices
-from training.dataset import SegmentationDataset
+from training.dataset import AUGMENTATIONS, SegmentationDataset
 from training.losses import DiceBCELoss
 from training.metrics import Confusion, dice_score, ppar_summary
 from training.model import build_model
@@ -62,7 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "optimizer and schedule start afresh")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--encoder-weights", default="none", help="'none' (from scratch) or 'imagenet' (needs internet)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--augment", choices=["none", *AUGMENTATIONS], default="mild",
+                   help="mild: flips, affine, brightness/contrast (1.x models); strong: also gamma, "
+                        "autocontrast and equalisation")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay per step "
+                        "(e.g. 0.999) and validate, select and export it instead of the raw weights; 0 = off")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per class and split (smoke runs)")
     p.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
@@ -118,6 +124,14 @@ class RecipeSampler(Sampler[int]):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (and BatchNorm buffers), updated every step."""
+    if decay <= 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
+                                               use_buffers=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_fraction: float, lr: float):
@@ -244,7 +258,8 @@ def train(args: argparse.Namespace) -> Path:
              data_root, len(covid_idx), len(normal_idx), len(val_data), device, precision)
 
     sampler = RecipeSampler(covid_idx, normal_idx, args.normal_ratio, args.seed)
-    dataset = SegmentationDataset(train_data, augment=args.augment, size=args.image_size)
+    dataset = SegmentationDataset(train_data, augment=None if args.augment == "none" else args.augment,
+                                  size=args.image_size)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
                         drop_last=len(sampler) > args.batch_size, persistent_workers=args.num_workers > 0,
                         worker_init_fn=_worker_init if args.num_workers > 0 else None)
@@ -255,6 +270,7 @@ def train(args: argparse.Namespace) -> Path:
         parent = torch.load(args.init_from, map_location=device, weights_only=False)
         model.load_state_dict(parent["model"])
         log.info("initialised from %s (epoch %s)", args.init_from, parent.get("epoch"))
+    ema = make_ema(model, args.ema_decay)
     loss_fn = DiceBCELoss(lung_weight=args.lung_weight, negative_weight=args.negative_weight)
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -284,6 +300,8 @@ def train(args: argparse.Namespace) -> Path:
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history, start_epoch = state["history"], state["epoch"]
         if "parent" in state["config"]:
             config["parent"] = state["config"]["parent"]
@@ -309,11 +327,14 @@ def train(args: argparse.Namespace) -> Path:
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += float(loss.detach()) * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         train_seconds = time.perf_counter() - t0
-        metrics = validate(model, val_data, device, precision, args.image_size, loss_fn, progress=progress)
+        scored = model if ema is None else ema.module  # the weights that are selected and exported
+        metrics = validate(scored, val_data, device, precision, args.image_size, loss_fn, progress=progress)
         key = selection_key(metrics, args.max_normal_p95)
         selected = best_key is None or key > best_key
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1),
@@ -322,8 +343,10 @@ def train(args: argparse.Namespace) -> Path:
         history.append(row)
         if selected:
             best_key = key
-            torch.save({"model": model.state_dict(), "config": config, "epoch": epoch + 1, "metrics": metrics}, best_path)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            torch.save({"model": scored.state_dict(), "config": config, "epoch": epoch + 1, "metrics": metrics},
+                       best_path)
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                    "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "history": history,
                     "best_key": list(best_key) if best_key else None, "config": config}, last_path)
