@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from app.pipeline.dicom import load_dicom_bytes, looks_like_dicom
+from app.pipeline.dicom.read import load_dicom_bytes, looks_like_dicom
 from app.pipeline.load import InputError
 from tests.conftest import fixture_images, read_gray
 from tests.dicom_fixtures import make_cxr_dicom, read
@@ -32,7 +32,7 @@ def test_decodes_to_the_same_gray_image(kw):
     ref = read_gray(COVID).astype(int)
     tolerance = 4 if kw.get("compress") == "jpeg-baseline" else 1  # lossy JPEG
     assert np.abs(loaded.gray.astype(int) - ref).mean() < tolerance
-    assert loaded.format == "DICOM" and set(loaded.extra["dicom"]) == {
+    assert loaded.format == "DICOM" and set(loaded.dicom.uids()) == {
         "study_instance_uid", "series_instance_uid", "sop_instance_uid"}
 
 

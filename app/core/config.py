@@ -6,11 +6,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.pipeline.dicom.common import KINDS as RESULT_KINDS
+from app.pipeline.dicom.common import ResultOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "covidseg-unet-r34.onnx"
+
+
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -32,12 +38,77 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated API keys; when set, X-API-Key is required")
     log_level: str = Field("info", description="log level")
 
-    @field_validator("api_keys", mode="before")
+    # DICOM results (HTTP dicom-* formats, the node and the bridge)
+    seg_series_number: int = Field(9901, ge=0, description="SeriesNumber of DICOM Segmentation results")
+    sc_series_number: int = Field(9902, ge=0, description="SeriesNumber of Secondary Capture results")
+    sr_series_number: int = Field(9903, ge=0, description="SeriesNumber of structured report results")
+    institution_name: str | None = Field(None, description="InstitutionName written into results")
+
+    # Which images are segmented (the node and the bridge): chest X-rays for presentation.
+    select_modalities: CommaList = Field(["CR", "DX"], description="modalities to segment")
+    select_body_parts: CommaList = Field(["CHEST", ""], description="BodyPartExamined values to segment; "
+                                                                    "an empty item admits images without it")
+    select_views: CommaList = Field(["PA", "AP", ""], description="ViewPosition values to segment; "
+                                                                  "an empty item admits images without it")
+    select_for_processing: bool = Field(False, description="also segment DX 'FOR PROCESSING' (raw detector) images")
+
+    # The DICOM node (python -m app.node)
+    node_ae_title: str = Field("COVIDSEG", min_length=1, max_length=16, description="the node's AE title")
+    node_host: str = Field("0.0.0.0", description="address the node listens on")
+    node_port: int = Field(11112, ge=1, le=65535, description="DICOM port of the node")
+    node_allowed_callers: CommaList = Field(
+        [], description="calling AE titles allowed to associate; empty admits any caller (logged as a warning)")
+    node_destination: str | None = Field(None, description="where results go by C-STORE: AE@host:port")
+    node_stow_url: str | None = Field(None, description="where results go by STOW-RS: a DICOMweb base URL")
+    node_outputs: CommaList = Field(["seg", "sc", "sr"], description="results made per image: seg, sc, sr")
+    node_threshold: float | None = Field(None, ge=0, le=1, description="infection threshold (default: the card's)")
+    node_spool_dir: Path = Field(Path("spool"), description="received images and undelivered results "
+                                                            "(patient data: owner-only, emptied on delivery)")
+    node_retry_max_wait: float = Field(60.0, gt=0, description="longest wait between delivery attempts, seconds")
+
+    # The PACS bridge (python -m app.pacs)
+    pacs_orthanc_url: str | None = Field(None, description="Orthanc REST API base URL")
+    pacs_dicomweb_url: str | None = Field(None, description="DICOMweb base URL (QIDO/WADO/STOW-RS)")
+    pacs_user: str | None = Field(None, description="PACS user (HTTP basic auth)", validation_alias=AliasChoices(
+        "COVIDSEG_PACS_USER", "COVIDSEG_PACS_ORTHANC_USER", "pacs_user"))
+    pacs_password: str | None = Field(None, description="PACS password", validation_alias=AliasChoices(
+        "COVIDSEG_PACS_PASSWORD", "COVIDSEG_PACS_ORTHANC_PASSWORD", "pacs_password"))
+    pacs_service_url: str = Field("http://127.0.0.1:8000", description="the segmentation service")
+    pacs_api_key: str | None = Field(None, description="X-API-Key for the service")
+    pacs_threshold: float | None = Field(None, ge=0, le=1, description="infection threshold (default: the card's)")
+    pacs_outputs: CommaList = Field(["seg", "sc", "sr"], description="results stored per image: seg, sc, sr")
+    pacs_state_file: Path = Field(Path("covidseg-pacs-state.json"), description="what the bridge has done")
+    pacs_retries: int = Field(5, ge=1, description="attempts per call before leaving work pending")
+    pacs_retry_wait: float = Field(1.0, ge=0, description="first backoff wait, seconds")
+    pacs_watch_interval: float = Field(10.0, gt=0, description="--watch: seconds between polls")
+
+    @field_validator("api_keys", "select_modalities", "node_allowed_callers", "node_outputs", "pacs_outputs",
+                     mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):  # "a, b," -> [a, b]
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("select_body_parts", "select_views", mode="before")
+    @classmethod
+    def _split_values(cls, value: object) -> object:
+        if isinstance(value, str):  # "CHEST," -> [CHEST, ""]: an empty item admits images without the tag
+            items = [k.strip().upper() for k in value.split(",")]
+            return [k for k in items if k] + ([""] if "" in items else [])
+        return value
+
+    @field_validator("node_outputs", "pacs_outputs")
+    @classmethod
+    def _known_kinds(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - set(RESULT_KINDS)
+        if unknown or not value:
+            raise ValueError(f"choose one or more of {', '.join(RESULT_KINDS)}; got {', '.join(value) or 'none'}")
+        return value
+
+    def result_options(self) -> ResultOptions:
+        return ResultOptions(series_numbers={"seg": self.seg_series_number, "sc": self.sc_series_number,
+                                             "sr": self.sr_series_number}, institution_name=self.institution_name)
 
     @property
     def max_request_bytes(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.pipeline.dicom import load_dicom_bytes, looks_like_dicom
+from app.pipeline.dicom.read import load_dicom_bytes, looks_like_dicom
 from app.pipeline.load import InputError, LoadedImage, load_image_bytes
 
 

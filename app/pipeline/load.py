@@ -10,9 +10,13 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import pydicom
 
 SUPPORTED_FORMATS = ("PNG", "JPEG")
 #: Pillow modes accepted, by family.
@@ -30,6 +34,21 @@ class InputError(ValueError):
         self.message = message
 
 
+@dataclass(frozen=True)
+class DicomSource:
+    """The DICOM file an image came from: its dataset (for the writers) and its identifying UIDs."""
+
+    dataset: "pydicom.Dataset"
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+    def uids(self) -> dict[str, str]:
+        """Identifiers of the data, never of the patient: what JSON answers echo."""
+        return {"study_instance_uid": self.study_instance_uid, "series_instance_uid": self.series_instance_uid,
+                "sop_instance_uid": self.sop_instance_uid}
+
+
 @dataclass
 class LoadedImage:
     """A decoded image ready for preprocessing, plus what the response reports about it."""
@@ -37,7 +56,7 @@ class LoadedImage:
     gray: np.ndarray  # uint8 (H, W)
     format: str
     mode: str
-    extra: dict | None = None  # e.g. DICOM UIDs
+    dicom: DicomSource | None = None  # set for DICOM inputs
 
     @property
     def width(self) -> int:

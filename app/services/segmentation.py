@@ -14,6 +14,7 @@ import anyio
 import numpy as np
 
 from app.core.config import Settings
+from app.pipeline.dicom.common import ModelRef, ResultOptions
 from app.pipeline.infer import ModelLoadError, OnnxSegmenter
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation, postprocess
@@ -55,6 +56,7 @@ class SegmentationService:
     model: OnnxSegmenter
     card: dict[str, Any]
     inference_concurrency: int = 1
+    result_options: ResultOptions = field(default_factory=ResultOptions)
     ready: bool = False
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
@@ -71,7 +73,8 @@ class SegmentationService:
                 raise ModelLoadError(f"model card {card_path} is unreadable: {exc}") from exc
         else:
             log.warning("no model card at %s; default threshold %.2f", card_path, FALLBACK_THRESHOLD)
-        return cls(model=model, card=card, inference_concurrency=settings.inference_concurrency)
+        return cls(model=model, card=card, inference_concurrency=settings.inference_concurrency,
+                   result_options=settings.result_options())
 
     @property
     def default_threshold(self) -> float:
@@ -84,6 +87,14 @@ class SegmentationService:
     def model_identity(self) -> dict[str, str]:
         info = self.model.info
         return {"name": info.name, "version": info.version, "sha256": info.sha256}
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef(**self.model_identity())
+
+    def segment_now(self, images: list[LoadedImage], threshold: float) -> list[Segmentation]:
+        """The shared middle in the calling thread (the DICOM node's worker): preprocess, infer, postprocess."""
+        probs = self.model.predict(preprocess_batch([im.gray for im in images], self.input_size))
+        return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
 
     def warm_up(self) -> None:
         """One inference so the first request does not pay for graph set-up; then ready."""

@@ -13,8 +13,10 @@ from pydantic import BaseModel, Field
 from app.api.deps import MetricsDep, ServiceDep, SettingsDep
 from app.core.config import Settings
 from app.core.metrics import ServiceMetrics
-from app.pipeline.dicom import (DICOM_MEDIA_TYPE, dataset_bytes, echo_uids, secondary_capture_dataset,
-                                segmentation_dataset)
+from app.pipeline.dicom.common import dataset_bytes
+from app.pipeline.dicom.context import ResultContext
+from app.pipeline.dicom.read import DICOM_MEDIA_TYPE
+from app.pipeline.dicom.write import write_result
 from app.pipeline.inputs import decode_upload
 from app.pipeline.load import InputError, LoadedImage
 from app.pipeline.postprocess import Segmentation
@@ -32,6 +34,12 @@ class OutputFormat(str, Enum):
     png = "png"
     dicom_seg = "dicom-seg"
     dicom_sc = "dicom-sc"
+    dicom_sr = "dicom-sr"
+
+    @property
+    def dicom_kind(self) -> str | None:
+        """The DICOM result kind (seg, sc, sr) of a DICOM format, else None."""
+        return self.value.removeprefix("dicom-") if self.value.startswith("dicom-") else None
 
 
 class PngOutput(str, Enum):
@@ -154,13 +162,11 @@ def summary_headers(seg: Segmentation, service: SegmentationService) -> dict[str
             "X-Model-Version": service.model.info.version, "Cache-Control": "no-store"}
 
 
-def dicom_output(format: OutputFormat, seg: Segmentation, loaded: LoadedImage, model: dict[str, str]) -> bytes:
-    """The SEG or SC of a DICOM input, as Part 10 bytes."""
-    source = loaded.extra["dataset"]
+def dicom_output(format: OutputFormat, seg: Segmentation, loaded: LoadedImage, service: SegmentationService) -> bytes:
+    """The SEG, SC or SR of a DICOM input, as Part 10 bytes."""
+    ctx = ResultContext(loaded, seg, service.model_ref(), service.result_options)
     try:
-        if format is OutputFormat.dicom_seg:
-            return dataset_bytes(segmentation_dataset(source, seg, model))
-        return dataset_bytes(secondary_capture_dataset(source, loaded.gray, seg, model))
+        return dataset_bytes(write_result(format.dicom_kind, ctx))
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         # highdicom refuses sources that lack what SEG/SC must copy (study, patient module...)
         raise InputError(422, "incomplete_dicom",
@@ -170,11 +176,10 @@ def dicom_output(format: OutputFormat, seg: Segmentation, loaded: LoadedImage, m
 
 def result_of(seg: Segmentation, loaded: LoadedImage, include: set[str], index: int = 0) -> SegmentResult:
     embedded = {f"{name}_png_base64": base64.b64encode(png_of(seg, loaded, name)).decode() for name in include}
-    uids = echo_uids(loaded.extra)
     return SegmentResult(
         index=index,
         image=ImageInfo(width=loaded.width, height=loaded.height, format=loaded.format, mode=loaded.mode),
-        dicom=DicomIdentifiers(**uids) if uids is not None else None,
+        dicom=DicomIdentifiers(**loaded.dicom.uids()) if loaded.dicom is not None else None,
         threshold=seg.threshold, ppar=seg.ppar, infection_pixels=seg.infection_pixels, lung_pixels=seg.lung_pixels,
         lung_fraction=seg.lung_fraction, infected_lung_share=seg.infected_lung_share, severity=seg.severity,
         **embedded,
@@ -207,7 +212,8 @@ async def segment(
     threshold: ThresholdQuery = None,
     format: Annotated[OutputFormat | None, Query(
         description="json (default), png (an Accept: image/png header also selects it), dicom-seg (DICOM "
-                    "Segmentation of infection and lung) or dicom-sc (Secondary Capture of the overlay); "
+                    "Segmentation of infection and lung), dicom-sc (Secondary Capture of the overlay) or dicom-sr "
+                    "(TID 1500 measurement report); "
                     "the DICOM outputs for DICOM inputs only")] = None,
     output: Annotated[PngOutput, Query(
         description="with format=png: mask (0/255), overlay, probability (8-bit) or lung (0/255); "
@@ -220,13 +226,13 @@ async def segment(
         format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
     timings = Timings()
     loaded = await read_upload(file, settings, timings)
-    if format in (OutputFormat.dicom_seg, OutputFormat.dicom_sc) and loaded.format != "DICOM":
+    if format.dicom_kind and loaded.dicom is None:
         raise InputError(422, "invalid_parameter", f"format={format.value} needs a DICOM input; "
                                                    f"this file is {loaded.format}")
     seg = (await run_model(service, metrics, [loaded], th, timings))[0]
     rid = request.state.request_id
-    if format in (OutputFormat.dicom_seg, OutputFormat.dicom_sc):
-        dicom = await timings.run("postprocess", dicom_output, format, seg, loaded, service.model_identity())
+    if format.dicom_kind:
+        dicom = await timings.run("postprocess", dicom_output, format, seg, loaded, service)
         return Response(dicom, media_type=DICOM_MEDIA_TYPE, headers=summary_headers(seg, service))
     if format is OutputFormat.png:
         png = await timings.run("postprocess", png_of, seg, loaded, output.value)

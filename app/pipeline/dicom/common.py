@@ -1,0 +1,106 @@
+"""What every DICOM result shares: its identity, the patient and study it belongs to, its series.
+
+Result UIDs are derived from the source instance, the model's sha256, the threshold and the kind
+of result, so the same request always yields the same UIDs: a result delivered twice (a node
+restarted mid-delivery, a bridge that lost its state) replaces itself in the PACS instead of
+duplicating, and a bridge can ask the PACS whether a result already exists before making it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from app import __version__
+
+MANUFACTURER = "covidseg"
+#: Result kinds, by the name used in settings, formats and the spool.
+KINDS = ("seg", "sc", "sr")
+KIND_TITLES = {"seg": "infection segmentation", "sc": "overlay", "sr": "measurements"}
+DEFAULT_SERIES_NUMBERS = {"seg": 9901, "sc": 9902, "sr": 9903}
+
+#: Patient and study attributes copied from the source into every result, so that the results
+#: file under the same patient and study and cross-object checks (dcentvfy) find no disagreement.
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate",
+    "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
+    "EthnicGroup", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName", "StudyDescription", "ProcedureCodeSequence",
+)
+
+# highdicom logs every SEG it builds at INFO, naming the source's SOP Instance UID: identifiers.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a result comes from."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ResultOptions:
+    """Operator settings for the written objects."""
+
+    series_numbers: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SERIES_NUMBERS))
+    institution_name: str | None = None
+
+
+def result_uid(kind: str, source_uid: str, model_sha256: str, threshold: float) -> str:
+    """A UID for a result that is the same for the same source, model, threshold and kind."""
+    return generate_uid(entropy_srcs=["covidseg", kind, source_uid, model_sha256, f"{float(threshold):.6g}"])
+
+
+@dataclass(frozen=True)
+class ResultIdentity:
+    """Series and instance UIDs of one result of one source image."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+
+    @classmethod
+    def of(cls, kind: str, source: pydicom.Dataset, model: ModelRef, threshold: float) -> "ResultIdentity":
+        # One result series per source series, kind, model and threshold.
+        series = result_uid(f"{kind}-series", str(source.SeriesInstanceUID), model.sha256, threshold)
+        return cls(series, result_uid(kind, str(source.SOPInstanceUID), model.sha256, threshold))
+
+
+def copy_patient_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            target[keyword] = source[keyword]
+
+
+def series_description(kind: str, model: ModelRef) -> str:
+    return f"{model.name} {model.version} {KIND_TITLES[kind]}"[:64]
+
+
+def finish_result(target: pydicom.Dataset, source: pydicom.Dataset, kind: str, model: ModelRef,
+                  options: ResultOptions, now: dt.datetime | None = None) -> None:
+    """Patient/study from the source; series date, time, description; equipment."""
+    copy_patient_study(source, target)
+    now = now or dt.datetime.now()
+    target.SeriesDate, target.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    target.SeriesDescription = series_description(kind, model)
+    target.SeriesNumber = options.series_numbers.get(kind, DEFAULT_SERIES_NUMBERS[kind])
+    target.Manufacturer = MANUFACTURER
+    target.ManufacturerModelName = model.name[:64]
+    target.SoftwareVersions = [model.version, f"service {__version__}"]
+    if options.institution_name:
+        target.InstitutionName = options.institution_name
+
+
+def dataset_bytes(ds: pydicom.Dataset) -> bytes:
+    """Part 10 bytes (with preamble and file meta)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

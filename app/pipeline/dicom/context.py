@@ -1,0 +1,43 @@
+"""The typed input of every DICOM writer: one DICOM image and what the model found in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+
+from app.pipeline.dicom.common import ModelRef, ResultIdentity, ResultOptions
+from app.pipeline.load import LoadedImage
+from app.pipeline.postprocess import Segmentation
+
+
+@dataclass(frozen=True)
+class ResultContext:
+    loaded: LoadedImage
+    seg: Segmentation
+    model: ModelRef
+    options: ResultOptions
+
+    def __post_init__(self) -> None:
+        if self.loaded.dicom is None:
+            raise ValueError("DICOM results need a DICOM source image")
+
+    @property
+    def source(self) -> pydicom.Dataset:
+        return self.loaded.dicom.dataset
+
+    @property
+    def gray(self) -> np.ndarray:
+        return self.loaded.gray
+
+    def identity(self, kind: str) -> ResultIdentity:
+        return ResultIdentity.of(kind, self.source, self.model, self.seg.threshold)
+
+    def pixel_spacing_mm(self) -> tuple[float, float] | None:
+        """Row and column spacing: PixelSpacing (calibrated), else ImagerPixelSpacing (at the detector)."""
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = self.source.get(keyword)
+            if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+                return float(value[0]), float(value[1])
+        return None

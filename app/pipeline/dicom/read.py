@@ -1,0 +1,112 @@
+"""Read: a DICOM upload -> :class:`LoadedImage` (8-bit grayscale).
+
+Applies the Modality LUT (Rescale Slope/Intercept), then the VOI LUT or Window Center/Width,
+inverts MONOCHROME1 and scales any bit depth to 0..255. Compressed transfer syntaxes (JPEG
+baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through the pylibjpeg/pyjpegls plugins.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from app.pipeline.load import DicomSource, InputError, LoadedImage, stretch_to_uint8
+
+DICOM_MEDIA_TYPE = "application/dicom"
+SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+
+
+def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str | None = None) -> bool:
+    """DICOM by content (the 'DICM' marker after the 128-byte preamble), media type or extension."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    if content_type and content_type.split(";")[0].strip().lower() == DICOM_MEDIA_TYPE:
+        return True
+    return bool(filename) and filename.lower().endswith(".dcm")
+
+
+def parse_dicom(data: bytes) -> pydicom.Dataset:
+    """Parse Part 10 (or bare) DICOM bytes; a file that cannot be parsed is a 400."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise InputError(400, "corrupt_dicom", "the DICOM file cannot be parsed") from exc
+
+
+def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
+    """The value range that the VOI transform maps the display onto (as pydicom applies it)."""
+    if "VOILUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.BitsStored)
+    lo, hi = (0.0, float(2 ** bits - 1)) if int(ds.PixelRepresentation) == 0 else \
+        (-float(2 ** (bits - 1)), float(2 ** (bits - 1) - 1))
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
+
+
+def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
+    """Refuse what is not one usable frame; returns the photometric interpretation."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError(422, "no_pixel_data", "the DICOM file holds no pixel data (is it an image?)")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise InputError(422, "multi_frame", f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported: "
+                                             "send one frame per file")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > max_pixels:
+        raise InputError(413, "too_many_pixels",
+                         f"image is {cols}x{rows} = {rows * cols} pixels, over the limit of {max_pixels}")
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise InputError(415, "unsupported_mode", f"photometric interpretation {photometric or 'missing'} "
+                                                  f"is not supported: send {', '.join(SUPPORTED_PHOTOMETRIC)}")
+    return photometric
+
+
+def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise InputError(415, "unsupported_transfer_syntax",
+                         f"cannot decode pixel data in transfer syntax {syntax}") from exc
+    except (ValueError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
+        raise InputError(400, "corrupt_dicom", "the DICOM pixel data is truncated or corrupt") from exc
+
+
+def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
+    """Stored pixels -> the 8-bit grayscale a reader would see (LUTs, window, MONOCHROME1 inverted)."""
+    if photometric.startswith(("RGB", "YBR")):
+        rgb = pixels if photometric == "RGB" else pydicom.pixels.convert_color_space(pixels, photometric, "RGB")
+        return np.asarray(Image.fromarray(np.asarray(rgb, dtype=np.uint8)).convert("L"))
+    values = apply_modality_lut(pixels, ds)
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        # The presentation the modality chose: window onto its output range.
+        gray = stretch_to_uint8(apply_voi_lut(values, ds, prefer_lut=True), *_voi_output_range(ds))
+    else:  # no presentation given: stretch the image's own range
+        gray = stretch_to_uint8(values)
+    return 255 - gray if photometric == "MONOCHROME1" else gray  # higher values are darker in MONOCHROME1
+
+
+def source_of(ds: pydicom.Dataset) -> DicomSource:
+    return DicomSource(dataset=ds, study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+                       series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+                       sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
+
+
+def read_dicom(ds: pydicom.Dataset, max_pixels: int) -> LoadedImage:
+    """One single-frame DICOM image as a :class:`LoadedImage`; refusals are :class:`InputError`."""
+    photometric = _check_image(ds, max_pixels)
+    gray = displayed_gray(ds, _decode_pixels(ds), photometric)
+    return LoadedImage(gray=gray, format="DICOM", mode=photometric, dicom=source_of(ds))
+
+
+def load_dicom_bytes(data: bytes, max_pixels: int) -> LoadedImage:
+    """Parse and read DICOM bytes (an upload, or a file the node received)."""
+    return read_dicom(parse_dicom(data), max_pixels)
