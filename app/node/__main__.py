@@ -1,0 +1,96 @@
+"""``python -m app.node``: the DICOM node. Receives chest X-rays (C-STORE), segments them and sends
+SEG, SC and SR on to a destination AE (C-STORE) and/or a DICOMweb server (STOW-RS).
+
+    COVIDSEG_NODE_DESTINATION=ORTHANC@pacs:4242 python -m app.node --port 11112
+    echoscu -aet MODALITY -aec COVIDSEG localhost 11112        # C-ECHO
+    storescu -aet MODALITY -aec COVIDSEG localhost 11112 cxr.dcm
+
+Every setting is a COVIDSEG_NODE_* / COVIDSEG_SELECT_* environment variable (README, Configuration).
+Stop with Ctrl-C or SIGTERM: what is queued stays in the spool and is sent at the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from app.core.config import Settings
+from app.node.scp import build_ae, handle_echo, store_handler
+from app.node.sender import CStoreSender, DicomDestination, StowSender
+from app.node.spool import Spool
+from app.node.worker import Deliverer, Segmenter
+from app.pipeline.select import SelectionRules
+from app.services.segmentation import SegmentationService
+from pynetdicom import evt
+
+log = logging.getLogger("app.node")
+
+
+def parse_settings(argv: list[str] | None) -> Settings:
+    settings = Settings()
+    p = argparse.ArgumentParser(prog="python -m app.node", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ae-title", default=settings.node_ae_title)
+    p.add_argument("--port", type=int, default=settings.node_port)
+    p.add_argument("--destination", default=settings.node_destination, help="AE@host:port for C-STORE of results")
+    p.add_argument("--stow-url", default=settings.node_stow_url, help="DICOMweb base URL for STOW-RS of results")
+    p.add_argument("--spool-dir", default=settings.node_spool_dir)
+    args = p.parse_args(argv)
+    return settings.model_copy(update={"node_ae_title": args.ae_title, "node_port": args.port,
+                                       "node_destination": args.destination, "node_stow_url": args.stow_url,
+                                       "node_spool_dir": args.spool_dir})
+
+
+def build_senders(settings: Settings) -> list:
+    senders: list = []
+    if settings.node_destination:
+        senders.append(CStoreSender(DicomDestination.parse(settings.node_destination), settings.node_ae_title))
+    if settings.node_stow_url:
+        auth = (settings.pacs_user, settings.pacs_password or "") if settings.pacs_user else None
+        senders.append(StowSender(settings.node_stow_url, auth))
+    if not senders:
+        raise SystemExit("no destination: set COVIDSEG_NODE_DESTINATION (AE@host:port) and/or COVIDSEG_NODE_STOW_URL")
+    return senders
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO/DEBUG lines quote dataset contents
+    senders = build_senders(settings)
+    spool = Spool(settings.node_spool_dir)
+    service = SegmentationService.from_settings(settings)
+    service.warm_up()
+    threshold = service.default_threshold if settings.node_threshold is None else settings.node_threshold
+    deliverer = Deliverer(spool, senders, settings.node_retry_max_wait)
+    segmenter = Segmenter(spool, service, settings.node_outputs, threshold, settings.max_pixels, deliverer)
+    ae = build_ae(settings.node_ae_title, settings.node_allowed_callers)
+    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, store_handler(spool, SelectionRules.from_settings(
+        settings), segmenter.wake))]
+    if not settings.node_allowed_callers:
+        log.warning("no COVIDSEG_NODE_ALLOWED_CALLERS: any calling AE title may store to this node")
+    deliverer.start()
+    segmenter.start()
+    server = ae.start_server((settings.node_host, settings.node_port), block=False, evt_handlers=handlers)
+    info = service.model.info
+    log.info("node %s listening on %s:%d; model %s %s on %s; results %s by %s; %d received and %d results queued",
+             settings.node_ae_title, settings.node_host, settings.node_port, info.name, info.version,
+             ",".join(info.providers), ",".join(settings.node_outputs), "; ".join(s.describe() for s in senders),
+             len(spool.items(spool.incoming)), len(spool.items(spool.outgoing)))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: new associations refused, queued work stays in the spool")
+    server.shutdown()
+    for worker in (segmenter, deliverer):
+        worker.stop()
+    segmenter.join(timeout=120)  # finishes the image in hand; its results are on disk before it ends
+    deliverer.join(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The node's two workers, each a thread over the spool.
+
+:class:`Segmenter`: incoming/ -> read, preprocess, infer, postprocess, write (the same units as
+the HTTP service) -> outgoing/. Results are written before the received instance is removed;
+result UIDs are deterministic, so redoing an item after a crash yields the same objects.
+
+:class:`Deliverer`: outgoing/ -> each destination; a result leaves the spool once every
+destination has it. While a destination is down it waits with exponential backoff (tenacity's
+wait), up to ``max_wait`` seconds between attempts, for as long as it takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from tenacity import RetryCallState, wait_exponential
+
+from app.node.sender import DestinationDown, Refused
+from app.node.spool import Spool
+from app.pipeline.dicom.common import dataset_bytes
+from app.pipeline.dicom.context import ResultContext
+from app.pipeline.dicom.read import load_dicom_bytes
+from app.pipeline.dicom.write import write_result
+from app.pipeline.load import InputError
+from app.services.segmentation import SegmentationService
+
+log = logging.getLogger("app.node")
+
+
+class Sender(Protocol):
+    def describe(self) -> str: ...
+
+    def send(self, items: list[bytes]) -> list[Exception | None]: ...
+
+
+class SpoolWorker(threading.Thread):
+    """A thread that drains one spool folder whenever woken, and at least every ``poll`` seconds."""
+
+    def __init__(self, name: str, poll: float = 5.0):
+        super().__init__(name=name, daemon=True)
+        self.stopping = threading.Event()
+        self.woken = threading.Event()
+        self.poll = poll
+
+    def wake(self) -> None:
+        self.woken.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.woken.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.woken.clear()
+            self.drain()
+            self.woken.wait(self.poll)
+
+    def drain(self) -> None:
+        raise NotImplementedError
+
+
+class Segmenter(SpoolWorker):
+    def __init__(self, spool: Spool, service: SegmentationService, outputs: list[str], threshold: float,
+                 max_pixels: int, deliverer: "Deliverer"):
+        super().__init__("segmenter")
+        self.spool, self.service, self.outputs, self.threshold = spool, service, outputs, threshold
+        self.max_pixels, self.deliverer = max_pixels, deliverer
+
+    def drain(self) -> None:
+        for path in self.spool.items(self.spool.incoming):
+            if self.stopping.is_set():
+                return
+            self.segment(path)
+
+    def segment(self, path: Path) -> None:
+        try:
+            results = self.results_of(path.read_bytes())
+        except (InputError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            reason = exc.message if isinstance(exc, InputError) else f"{type(exc).__name__}"
+            log.warning("an instance could not be segmented (%s); kept in %s", reason, self.spool.failed)
+            self.spool.set_aside(path, reason)
+            return
+        for kind, data in results.items():
+            self.spool.write(self.spool.outgoing, f"{path.stem}-{kind}.dcm", data)
+        path.unlink()
+        log.info("segmented an instance: %d result(s) queued", len(results))
+        self.deliverer.wake()
+
+    def results_of(self, data: bytes) -> dict[str, bytes]:
+        loaded = load_dicom_bytes(data, self.max_pixels)
+        seg = self.service.segment_now([loaded], self.threshold)[0]
+        ctx = ResultContext(loaded, seg, self.service.model_ref(), self.service.result_options)
+        return {kind: dataset_bytes(write_result(kind, ctx)) for kind in self.outputs}
+
+
+class Deliverer(SpoolWorker):
+    def __init__(self, spool: Spool, senders: list[Sender], max_wait: float = 60.0, batch: int = 32):
+        super().__init__("deliverer", poll=5.0)
+        self.spool, self.senders, self.batch = spool, senders, batch
+        self.backoff = wait_exponential(multiplier=0.5, min=0.5, max=max_wait)
+        self.failures = 0
+
+    def drain(self) -> None:
+        while not self.stopping.is_set():
+            items = self.spool.items(self.spool.outgoing)[: self.batch]
+            if not items:
+                return
+            try:
+                self.deliver(items)
+                self.failures = 0
+            except DestinationDown as exc:
+                self.failures += 1
+                wait = self.backoff(self._state())
+                log.warning("destination unreachable (%s); %d result(s) queued, next attempt in %.1f s",
+                            exc, len(self.spool.items(self.spool.outgoing)), wait)
+                self.stopping.wait(wait)
+
+    def _state(self) -> RetryCallState:
+        """tenacity's waits read the attempt number off a call state."""
+        state = RetryCallState(None, None, (), {})
+        state.attempt_number = self.failures
+        return state
+
+    def deliver(self, items: list[Path]) -> None:
+        """Send to every destination; an item leaves the spool once all have it (or refused it)."""
+        payloads = [p.read_bytes() for p in items]
+        refusals: dict[Path, str] = {}
+        for sender in self.senders:
+            for path, outcome in zip(items, sender.send(payloads)):
+                if isinstance(outcome, Refused):
+                    refusals[path] = f"{sender.describe()}: {outcome}"
+        for path in items:
+            if path in refusals:
+                log.warning("a result was refused (%s); kept in %s", refusals[path], self.spool.failed)
+                self.spool.set_aside(path, refusals[path])
+            else:
+                path.unlink()
+        log.info("delivered %d result(s)", len(items) - len(refusals))

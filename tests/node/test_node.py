@@ -1,0 +1,122 @@
+"""The DICOM node over real DIMSE on loopback: dcmtk's storescu/echoscu send, a real Orthanc receives."""
+
+from __future__ import annotations
+
+import io
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, SegmentationStorage, generate_uid
+
+from tests.conftest import fixture_images
+from tests.dicom_fixtures import make_cxr_dicom, read
+from tests.servers import echo, free_port, node, orthanc, store
+
+COVID, NORMAL = fixture_images("Val", "COVID-19"), fixture_images("Val", "Normal")
+SECRET_NAME, SECRET_ID = "SECRET^PATIENT", "SECRET-PID-77"
+
+
+def write(folder: Path, name: str, data: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def wait_for(check, seconds: float = 240, what: str = "condition") -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached within {seconds}s")
+
+
+def queued(spool: Path, folder: str) -> list[Path]:
+    return sorted((spool / folder).glob("*.dcm"))
+
+
+def results_by_source(url: str, study: str | None = None) -> dict[str, list[str]]:
+    """Source SOP Instance UID -> the modalities of the results in Orthanc that reference it
+    (all of them in ``study`` when given)."""
+    found: dict[str, list[str]] = {}
+    for oid in httpx.get(f"{url}/instances").json():
+        ds = pydicom.dcmread(io.BytesIO(httpx.get(f"{url}/instances/{oid}/file").content))
+        if ds.Modality in ("SEG", "OT", "SR"):
+            assert study is None or ds.StudyInstanceUID == study
+            if ds.Modality == "SR":  # its evidence: the source image and the SEG
+                refs = [i.ReferencedSOPInstanceUID for s in ds.CurrentRequestedProcedureEvidenceSequence
+                        for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence
+                        if i.ReferencedSOPClassUID != SegmentationStorage]
+            else:
+                refs = [ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+            for ref in refs:
+                found.setdefault(ref, []).append(ds.Modality)
+    return {k: sorted(v) for k, v in found.items()}
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    study = generate_uid()
+    folder = tmp_path / "send"
+    folder.mkdir()
+    kw = dict(study_uid=study, patient_name=SECRET_NAME, patient_id=SECRET_ID)
+    return {
+        "cr": write(folder, "cr.dcm", make_cxr_dicom(COVID[0], "CR", "MONOCHROME1", size=2048, bits=12,
+                                                     pixel_spacing=0.139, compress=JPEGLSLossless, **kw)),
+        "dx": write(folder, "dx.dcm", make_cxr_dicom(COVID[1], "DX", size=1024, bits=14, imager_pixel_spacing=0.15,
+                                                     compress=JPEG2000Lossless, view="AP", **kw)),
+        "knee": write(folder, "knee.dcm", make_cxr_dicom(NORMAL[0], "DX", body_part="KNEE", view="LL", **kw)),
+        "raw": write(folder, "raw.dcm", make_cxr_dicom(NORMAL[1], "DX", presentation_intent="FOR PROCESSING", **kw)),
+        "late": write(folder, "late.dcm", make_cxr_dicom(NORMAL[0], "CR", **kw)),
+    }
+
+
+def test_echo_and_unknown_callers_are_refused(tmp_path: Path):
+    port = free_port()
+    with node(tmp_path / "spool", port, tmp_path / "node.log", COVIDSEG_NODE_DESTINATION="PACS@127.0.0.1:1"):
+        assert echo(port, "MODALITY").returncode == 0
+        refused = echo(port, "STRANGER")
+        assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+        sent = store(port, "STRANGER", [write(tmp_path, "a.dcm", make_cxr_dicom(COVID[0]))])
+        assert sent.returncode != 0
+        assert not list((tmp_path / "spool" / "incoming").iterdir())
+
+
+def test_queues_while_the_destination_is_down_and_delivers_each_result_once(tmp_path: Path, sources):
+    spool, log, pacs_dir = tmp_path / "spool", tmp_path / "node.log", tmp_path / "orthanc"
+    port, pacs_http, pacs_dicom = free_port(), free_port(), free_port()
+    env = {"COVIDSEG_NODE_DESTINATION": f"ORTHANC@127.0.0.1:{pacs_dicom}"}
+    with node(spool, port, log, **env):
+        # 1. the PACS is down: the chest images are acknowledged, segmented and their results queued
+        sent = store(port, "MODALITY", [sources[k] for k in ("cr", "dx", "knee", "raw")])
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: len(queued(spool, "outgoing")) == 6 and not queued(spool, "incoming"), what="6 results queued")
+        assert stat.S_IMODE(spool.stat().st_mode) == 0o700
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in queued(spool, "outgoing"))
+        # 2. the PACS comes up: everything queued arrives, once
+        with orthanc(pacs_dir, pacs_http, pacs_dicom) as url:
+            wait_for(lambda: not queued(spool, "outgoing"), what="queue emptied")
+            delivered = results_by_source(url)
+    # 3. the PACS is down again, one more image arrives, and the node stops with its results queued
+    with node(spool, port, log, **env):
+        assert store(port, "MODALITY", [sources["late"]]).returncode == 0
+        wait_for(lambda: len(queued(spool, "outgoing")) == 3, what="late results queued")
+    # 4. the node restarts with a non-empty queue and the PACS up: the rest is delivered
+    with orthanc(pacs_dir, pacs_http, pacs_dicom) as url, node(spool, port, log, **env):
+        wait_for(lambda: not queued(spool, "outgoing"), what="queue emptied after restart")
+        final = results_by_source(url, study=str(read(sources["cr"].read_bytes()).StudyInstanceUID))
+    uid = {k: read(p.read_bytes()).SOPInstanceUID for k, p in sources.items()}
+    assert delivered == {uid["cr"]: ["OT", "SEG", "SR"], uid["dx"]: ["OT", "SEG", "SR"]}
+    assert final == {**delivered, uid["late"]: ["OT", "SEG", "SR"]}  # knee and raw image skipped, none twice
+    assert not queued(spool, "failed")
+
+    text = log.read_text()
+    assert "skipped an instance: body part KNEE" in text and "FOR PROCESSING" in text
+    assert "destination unreachable" in text
+    for secret in (SECRET_NAME.split("^")[0], SECRET_ID, "cr.dcm", *uid.values(),
+                   str(read(sources["cr"].read_bytes()).StudyInstanceUID)):
+        assert secret not in text, secret
