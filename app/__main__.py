@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 import uvicorn
 
+from app.core.logs import configure_logging
 from app.core.config import Settings
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.model_path:
         updates["model_path"] = args.model_path
     settings = settings.model_copy(update=updates)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     from app.main import create_app
 
     # One worker: a second process would load a second copy of the model onto the same cores.

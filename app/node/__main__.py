@@ -16,11 +16,13 @@ import logging
 import signal
 import threading
 
+from app.core.logs import configure_logging
 from app.core.config import Settings
 from app.node.scp import build_ae, handle_echo, store_handler
 from app.node.sender import CStoreSender, DicomDestination, StowSender
 from app.node.spool import Spool
 from app.node.worker import Deliverer, Segmenter
+from app.pacs.dicomweb import DicomWebClient
 from app.pipeline.select import SelectionRules
 from app.services.segmentation import SegmentationService
 from pynetdicom import evt
@@ -48,8 +50,7 @@ def build_senders(settings: Settings) -> list:
     if settings.node_destination:
         senders.append(CStoreSender(DicomDestination.parse(settings.node_destination), settings.node_ae_title))
     if settings.node_stow_url:
-        auth = (settings.pacs_user, settings.pacs_password or "") if settings.pacs_user else None
-        senders.append(StowSender(settings.node_stow_url, auth))
+        senders.append(StowSender(DicomWebClient(settings.node_stow_url, settings.pacs_user, settings.pacs_password)))
     if not senders:
         raise SystemExit("no destination: set COVIDSEG_NODE_DESTINATION (AE@host:port) and/or COVIDSEG_NODE_STOW_URL")
     return senders
@@ -57,8 +58,7 @@ def build_senders(settings: Settings) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO/DEBUG lines quote dataset contents
+    configure_logging(settings.log_level)
     senders = build_senders(settings)
     spool = Spool(settings.node_spool_dir)
     service = SegmentationService.from_settings(settings)

@@ -8,7 +8,6 @@ object (a C-STORE failure status, a STOW-RS 4xx) is *final* for that object (:cl
 from __future__ import annotations
 
 import io
-import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -16,6 +15,7 @@ import pydicom
 from pynetdicom import AE
 
 from app.node.transfer import STORAGE_TRANSFER_SYNTAXES
+from app.pacs.dicomweb import DicomWebClient
 
 #: C-STORE statuses that mean stored (0x0000) or stored with a warning (0xB000, 0xB006, 0xB007).
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -82,32 +82,26 @@ class CStoreSender:
 
 
 class StowSender:
-    def __init__(self, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 60.0):
-        self.url = base_url.rstrip("/") + "/studies"
-        self.http = httpx.Client(auth=auth, timeout=timeout)
+    """STOW-RS through the bridge's DICOMweb client, one request per result so one refusal does
+    not hold back the others."""
+
+    def __init__(self, client: DicomWebClient):
+        self.client = client
 
     def describe(self) -> str:
-        return f"STOW-RS to {self.url}"
+        return f"STOW-RS to {self.client.url}"
 
     def send(self, items: list[bytes]) -> list[Exception | None]:
-        """One STOW-RS request per item, so one refusal does not hold back the others."""
         return [self._store(data) for data in items]
 
     def _store(self, data: bytes) -> Exception | None:
-        body, content_type = multipart_related([data])
         try:
-            r = self.http.post(self.url, content=body, headers={"Content-Type": content_type,
-                                                                "Accept": "application/dicom+json"})
+            self.client.upload(data)
         except httpx.TransportError as exc:
-            raise DestinationDown(f"{type(exc).__name__}") from exc
-        if r.status_code >= 500 or r.status_code in (408, 429):
-            raise DestinationDown(f"STOW-RS answered {r.status_code}")
-        return None if r.status_code in (200, 202) else Refused(f"STOW-RS answered {r.status_code}")
-
-
-def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
-    """A multipart/related body of DICOM parts (PS3.18 STOW-RS) and its Content-Type."""
-    boundary = uuid.uuid4().hex
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
-                    for part in parts) + b"--" + boundary.encode() + b"--\r\n"
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+            raise DestinationDown(type(exc).__name__) from exc
+        except httpx.HTTPStatusError as exc:
+            code = exc.response.status_code
+            if code >= 500 or code in (408, 429):
+                raise DestinationDown(f"STOW-RS answered {code}") from exc
+            return Refused(f"STOW-RS answered {code}")
+        return None

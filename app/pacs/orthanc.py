@@ -1,28 +1,20 @@
-"""A small client for Orthanc's REST API: find CR/DX instances, download, upload."""
+"""The PACS through Orthanc's REST API: find CR/DX instances, download, upload, look up a UID."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import httpx
 
-XRAY_MODALITIES = ("CR", "DX")
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One source image in Orthanc, by its Orthanc id and its DICOM UIDs."""
-
-    orthanc_id: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
+from app.pacs.instance import XRAY_MODALITIES, Instance, sorted_instances
 
 
 class OrthancClient:
     def __init__(self, url: str, username: str | None = None, password: str | None = None, timeout: float = 60.0):
-        auth = (username, password) if username else None
-        self.http = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout)
+        auth = (username, password or "") if username else None
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, auth=auth, timeout=timeout)
+
+    def describe(self) -> str:
+        return f"Orthanc at {self.url}"
 
     def close(self) -> None:
         self.http.close()
@@ -34,7 +26,7 @@ class OrthancClient:
 
     def find_instances(self, study_uid: str | None = None, date_from: str | None = None,
                        date_to: str | None = None, modalities: tuple[str, ...] = XRAY_MODALITIES) -> list[Instance]:
-        """CR/DX instances, optionally of one study or of studies in a date range (YYYYMMDD)."""
+        """Instances of these modalities, optionally of one study or of studies in a date range (YYYYMMDD)."""
         found: dict[str, Instance] = {}
         study_uids: dict[str, str] = {}  # Orthanc study id -> StudyInstanceUID, fetched once per study
         for modality in modalities:
@@ -50,17 +42,19 @@ class OrthancClient:
                     study_uids[study_id] = study["MainDicomTags"].get("StudyInstanceUID", "")
                 # one call lists the series' instances with their tags
                 for inst in self._json("GET", f"/series/{series['ID']}/instances"):
-                    found[inst["ID"]] = Instance(inst["ID"], inst["MainDicomTags"].get("SOPInstanceUID", ""),
+                    found[inst["ID"]] = Instance(inst["MainDicomTags"].get("SOPInstanceUID", ""),
                                                  series["MainDicomTags"].get("SeriesInstanceUID", ""),
-                                                 study_uids[study_id])
-        return sorted(found.values(), key=lambda i: (i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid))
+                                                 study_uids[study_id], pacs_id=inst["ID"])
+        return sorted_instances(found)
 
     def download(self, instance: Instance) -> bytes:
-        r = self.http.get(f"/instances/{instance.orthanc_id}/file")
+        r = self.http.get(f"/instances/{instance.pacs_id}/file")
         r.raise_for_status()
         return r.content
 
-    def upload(self, dicom: bytes) -> str:
-        """Store a Part 10 file; returns its Orthanc id."""
-        return self._json("POST", "/instances", content=dicom,
-                          headers={"Content-Type": "application/dicom"})["ID"]
+    def upload(self, dicom: bytes) -> None:
+        self._json("POST", "/instances", content=dicom, headers={"Content-Type": "application/dicom"})
+
+    def has_instance(self, study_uid: str, sop_instance_uid: str) -> bool:
+        hits = self._json("POST", "/tools/lookup", content=sop_instance_uid)
+        return any(hit.get("Type") == "Instance" for hit in hits)

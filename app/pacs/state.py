@@ -15,12 +15,20 @@ from typing import Any
 class BridgeState:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.data: dict[str, Any] = {"processed": {}, "partial": {}, "failed": {}}
+        self.data: dict[str, Any] = {"processed": {}, "partial": {}, "failed": {}, "skipped": {}}
         if self.path.exists():
             self.data.update(json.loads(self.path.read_text()))
 
     def is_processed(self, sop_uid: str) -> bool:
         return sop_uid in self.data["processed"]
+
+    def is_done(self, sop_uid: str) -> bool:
+        """Processed, or skipped by the selection rules: nothing more to do for it."""
+        return sop_uid in self.data["processed"] or sop_uid in self.data["skipped"]
+
+    def mark_skipped(self, sop_uid: str, reason: str) -> None:
+        self.data["skipped"][sop_uid] = reason
+        self.save()
 
     def stored(self, sop_uid: str) -> dict[str, str]:
         """Outputs already stored for an instance not yet finished: {"seg": uid, "sc": uid}."""

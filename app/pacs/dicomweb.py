@@ -1,0 +1,93 @@
+"""The PACS through DICOMweb (PS3.18): QIDO-RS to find, WADO-RS to fetch, STOW-RS to store."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from app.pacs.instance import XRAY_MODALITIES, Instance, sorted_instances
+
+STUDY, SERIES, SOP = "0020000D", "0020000E", "00080018"
+
+
+def tag_value(item: dict, tag: str) -> str:
+    values = item.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
+    """A multipart/related body of DICOM parts (STOW-RS) and its Content-Type."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
+                    for part in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
+    """The payloads of a multipart/related answer (WADO-RS)."""
+    params = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
+    boundary = params.get("boundary", "").strip('"').encode()
+    if not boundary:
+        raise ValueError("multipart answer without a boundary")
+    parts = []
+    for chunk in body.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _headers, _, payload = chunk.partition(b"\r\n\r\n")
+        parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
+    return parts
+
+
+class DicomWebClient:
+    def __init__(self, url: str, username: str | None = None, password: str | None = None, timeout: float = 60.0):
+        auth = (username, password or "") if username else None
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, auth=auth, timeout=timeout)
+
+    def describe(self) -> str:
+        return f"DICOMweb at {self.url}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def qido(self, path: str, params: dict[str, str]) -> list[dict]:
+        r = self.http.get(path, params=params, headers={"Accept": "application/dicom+json"})
+        r.raise_for_status()
+        return r.json() if r.status_code != 204 and r.content.strip() else []
+
+    def find_instances(self, study_uid: str | None = None, date_from: str | None = None,
+                       date_to: str | None = None, modalities: tuple[str, ...] = XRAY_MODALITIES) -> list[Instance]:
+        found: dict[str, Instance] = {}
+        for modality in modalities:
+            query = {"Modality": modality}
+            if study_uid:
+                query["StudyInstanceUID"] = study_uid
+            if date_from or date_to:
+                query["StudyDate"] = f"{date_from or ''}-{date_to or ''}"
+            for series in self.qido("/series", query):
+                study, series_uid = tag_value(series, STUDY), tag_value(series, SERIES)
+                for inst in self.qido(f"/studies/{study}/series/{series_uid}/instances", {}):
+                    sop = tag_value(inst, SOP)
+                    found[sop] = Instance(sop, series_uid, study)
+        return sorted_instances(found)
+
+    def download(self, instance: Instance) -> bytes:
+        path = (f"/studies/{instance.study_instance_uid}/series/{instance.series_instance_uid}"
+                f"/instances/{instance.sop_instance_uid}")
+        # transfer-syntax=* : the file as stored, no transcoding by the PACS
+        r = self.http.get(path, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        r.raise_for_status()
+        parts = multipart_parts(r.content, r.headers.get("content-type", ""))
+        if len(parts) != 1:
+            raise ValueError(f"WADO-RS answered {len(parts)} parts for one instance")
+        return parts[0]
+
+    def upload(self, dicom: bytes) -> None:
+        body, content_type = multipart_related([dicom])
+        r = self.http.post("/studies", content=body, headers={"Content-Type": content_type,
+                                                              "Accept": "application/dicom+json"})
+        r.raise_for_status()
+
+    def has_instance(self, study_uid: str, sop_instance_uid: str) -> bool:
+        return bool(self.qido(f"/studies/{study_uid}/instances", {"SOPInstanceUID": sop_instance_uid}))

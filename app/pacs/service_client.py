@@ -1,0 +1,51 @@
+"""The bridge's client of the segmentation service (HTTP)."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.pipeline.dicom.common import ModelRef
+
+
+class ServiceRefused(Exception):
+    """The service answered 4xx for an instance: that instance is bad, not the connection."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: the service or PACS unreachable, 5xx, 408 or 429."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
+    return False
+
+
+class ServiceClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 120.0):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def model(self) -> tuple[ModelRef, float]:
+        """The loaded model and its default threshold (``GET /model``)."""
+        r = self.http.get("/model")
+        r.raise_for_status()
+        body = r.json()
+        loaded = body["loaded"]
+        return ModelRef(loaded["name"], loaded["version"], loaded["sha256"]), float(body["default_threshold"])
+
+    def segment(self, dicom: bytes, kind: str, threshold: float) -> bytes:
+        """One DICOM result (seg, sc, sr) of one instance."""
+        r = self.http.post("/segment", params={"format": f"dicom-{kind}", "threshold": threshold},
+                           files={"file": ("image.dcm", dicom, "application/dicom")})
+        if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise ServiceRefused(f"{r.status_code}: {detail}")
+        r.raise_for_status()
+        return r.content
