@@ -12,9 +12,10 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
 RUN python -m venv .venv && .venv/bin/pip install -e . \
-    && useradd --system --uid 10001 --no-create-home covidseg
+    && useradd --system --uid 10001 --no-create-home covidseg \
+    && install -d -m 700 -o covidseg /spool
 USER covidseg
-EXPOSE 8000
+EXPOSE 8000 11112
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
 CMD ["python", "-m", "app"]
@@ -31,9 +32,10 @@ COPY models ./models
 # Same install as the CPU image, then the CUDA build of ONNX Runtime in place of the CPU one.
 RUN python3 -m venv .venv && .venv/bin/pip install -e . \
     && .venv/bin/pip uninstall -y onnxruntime && .venv/bin/pip install onnxruntime-gpu \
-    && useradd --system --uid 10001 --no-create-home covidseg
+    && useradd --system --uid 10001 --no-create-home covidseg \
+    && install -d -m 700 -o covidseg /spool
 USER covidseg
-EXPOSE 8000
+EXPOSE 8000 11112
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
 CMD ["python", "-m", "app"]

@@ -59,7 +59,7 @@ def running(args: list[str], ready, what: str, **popen) -> Iterator[subprocess.P
 
 @contextlib.contextmanager
 def orthanc(work: Path, http_port: int | None = None, dicom_port: int | None = None,
-            dicomweb: bool = False) -> Iterator[str]:
+            dicomweb: bool = False, extra: dict | None = None) -> Iterator[str]:
     """An Orthanc with its storage in ``work`` (kept across restarts); yields its REST URL."""
     assert os.path.exists(ORTHANC), "Orthanc is not installed: apt-get install orthanc (see README)"
     http_port = http_port or free_port()
@@ -71,6 +71,7 @@ def orthanc(work: Path, http_port: int | None = None, dicom_port: int | None = N
         assert DICOMWEB_PLUGIN.exists(), "apt-get install orthanc-dicomweb (see README)"
         config["Plugins"] = [str(DICOMWEB_PLUGIN)]
         config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    config.update(extra or {})
     work.mkdir(parents=True, exist_ok=True)
     (work / "orthanc.json").write_text(json.dumps(config))
     url = f"http://127.0.0.1:{http_port}"
@@ -123,7 +124,8 @@ def node(spool: Path, port: int, log: Path, **env: str) -> Iterator[subprocess.P
     env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model_under_test()), "COVIDSEG_LOG_LEVEL": "info",
            "COVIDSEG_NODE_SPOOL_DIR": str(spool), "COVIDSEG_NODE_PORT": str(port),
            "COVIDSEG_NODE_ALLOWED_CALLERS": "MODALITY", "COVIDSEG_NODE_RETRY_MAX_WAIT": "1", **env}
+    caller = env["COVIDSEG_NODE_ALLOWED_CALLERS"].split(",")[0]
     with open(log, "a") as out, running([sys.executable, "-m", "app.node"],
-                                        lambda: echo(port, "MODALITY").returncode == 0, "node",
+                                        lambda: echo(port, caller).returncode == 0, "node",
                                         env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT) as proc:
         yield proc

@@ -70,12 +70,28 @@ def test_ci_script_fails_on_errors():
     assert "set -euo pipefail" in text
 
 
-def test_compose_pacs_profile_runs_orthanc_and_the_bridge():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    orthanc = compose["services"]["orthanc"]
-    assert orthanc["profiles"] == ["pacs"] and "orthanc" in orthanc["image"]
-    bridge = compose["services"]["pacs-bridge"]
-    assert bridge["profiles"] == ["pacs"] and bridge["command"][:3] == ["python", "-m", "app.pacs"]
-    assert bridge["environment"]["COVIDSEG_PACS_ORTHANC_URL"] == "http://orthanc:8042"
+def test_compose_pacs_profile_wires_orthanc_the_node_and_the_bridge():
+    """Names, ports and AE titles agree across the services (the routing itself runs for real in
+    tests/node/test_node.py with the same Orthanc settings and Lua script)."""
+    import json
+
+    from app.core.config import Settings
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    orthanc, node, bridge = services["orthanc"], services["covidseg-node"], services["pacs-bridge"]
+    assert orthanc["profiles"] == node["profiles"] == bridge["profiles"] == ["pacs"]
+    target = json.loads(orthanc["environment"]["ORTHANC__DICOM_MODALITIES"])["covidseg"]
+    node_env = node["environment"]
+    defaults = Settings()
+    assert target["Host"] == "covidseg-node" and target["Port"] == defaults.node_port
+    assert node["ports"][0].endswith(f":{defaults.node_port}")
+    assert target["AET"] == node_env["COVIDSEG_NODE_AE_TITLE"].split(":-")[1].rstrip("}") == defaults.node_ae_title
+    orthanc_aet = orthanc["environment"]["ORTHANC__DICOM_AET"]
+    assert node_env["COVIDSEG_NODE_ALLOWED_CALLERS"] == "${COVIDSEG_NODE_ALLOWED_CALLERS:-" + orthanc_aet + "}"
+    assert node_env["COVIDSEG_NODE_DESTINATION"].endswith(f"{orthanc_aet}@orthanc:4242}}")
+    assert any(p.endswith(":4242") for p in orthanc["ports"])
+    assert node["command"] == ["python", "-m", "app.node"] and "/spool" in node["volumes"][0]
+    assert bridge["command"][:3] == ["python", "-m", "app.pacs"]
+    assert bridge["environment"]["COVIDSEG_PACS_DICOMWEB_URL"] == "http://orthanc:8042/dicom-web"
+    assert orthanc["environment"]["DICOM_WEB_PLUGIN_ENABLED"] == "true"
     assert bridge["volumes"] and bridge["depends_on"]["covidseg"]["condition"] == "service_healthy"
-    assert "Connect to your PACS" in README and "python -m app.pacs" in README

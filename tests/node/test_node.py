@@ -120,3 +120,30 @@ def test_queues_while_the_destination_is_down_and_delivers_each_result_once(tmp_
     for secret in (SECRET_NAME.split("^")[0], SECRET_ID, "cr.dcm", *uid.values(),
                    str(read(sources["cr"].read_bytes()).StudyInstanceUID)):
         assert secret not in text, secret
+
+
+def test_orthanc_routes_to_the_node_with_the_shipped_lua_script(tmp_path: Path):
+    """What the compose `pacs` profile sets up, with its own Orthanc settings and Lua script: Orthanc
+    routes CR/DX to the node, the node sends the results back to Orthanc."""
+    import json
+
+    import yaml
+
+    from tests.servers import ROOT as PROJECT
+
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]
+    env = compose["orthanc"]["environment"]
+    modalities = json.loads(env["ORTHANC__DICOM_MODALITIES"])
+    scripts = {v.split(":")[1]: PROJECT / v.split(":")[0] for v in compose["orthanc"]["volumes"] if v.startswith("./")}
+    port, pacs_dicom = free_port(), free_port()
+    modalities["covidseg"].update(Host="127.0.0.1", Port=port)  # the compose service's address, here
+    extra = {"LuaScripts": [str(scripts[path]) for path in json.loads(env["ORTHANC__LUA_SCRIPTS"])],
+             "DicomModalities": modalities}
+    study = generate_uid()
+    source = make_cxr_dicom(COVID[0], "DX", study_uid=study, size=1024, pixel_spacing=0.2)
+    with node(tmp_path / "spool", port, tmp_path / "node.log", COVIDSEG_NODE_ALLOWED_CALLERS="ORTHANC",
+              COVIDSEG_NODE_DESTINATION=f"ORTHANC@127.0.0.1:{pacs_dicom}"), \
+            orthanc(tmp_path / "orthanc", dicom_port=pacs_dicom, extra=extra) as url:
+        httpx.post(f"{url}/instances", content=source, headers={"Content-Type": "application/dicom"})
+        wait_for(lambda: len(results_by_source(url).get(read(source).SOPInstanceUID, [])) == 3, what="results back")
+        assert results_by_source(url, study) == {read(source).SOPInstanceUID: ["OT", "SEG", "SR"]}
