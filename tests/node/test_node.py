@@ -86,6 +86,32 @@ def test_echo_and_unknown_callers_are_refused(tmp_path: Path):
         assert not list((tmp_path / "spool" / "incoming").iterdir())
 
 
+def test_an_image_that_cannot_be_segmented_is_kept_aside_with_the_reason(tmp_path: Path):
+    ds = read(make_cxr_dicom(COVID[0]))
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    port, spool = free_port(), tmp_path / "spool"
+    with node(spool, port, tmp_path / "node.log", COVIDSEG_NODE_DESTINATION="PACS@127.0.0.1:1"):
+        assert store(port, "MODALITY", [write(tmp_path, "multi.dcm", buf.getvalue())]).returncode == 0
+        wait_for(lambda: queued(spool, "failed"), what="set aside")
+    assert not queued(spool, "incoming") and not queued(spool, "outgoing")
+    assert "multi-frame" in next((spool / "failed").glob("*.reason.txt")).read_text()
+    assert read(queued(spool, "failed")[0].read_bytes()).SOPInstanceUID == ds.SOPInstanceUID  # nothing lost
+
+
+def test_results_by_stow_rs(tmp_path: Path):
+    port = free_port()
+    source = make_cxr_dicom(COVID[1], "DX", size=512)
+    with orthanc(tmp_path / "orthanc", dicomweb=True) as url, \
+            node(tmp_path / "spool", port, tmp_path / "node.log", COVIDSEG_NODE_STOW_URL=f"{url}/dicom-web",
+                 COVIDSEG_NODE_OUTPUTS="seg,sr"):
+        assert store(port, "MODALITY", [write(tmp_path, "dx.dcm", source)]).returncode == 0
+        wait_for(lambda: results_by_source(url).get(read(source).SOPInstanceUID) == ["SEG", "SR"], what="STOW-RS")
+        assert not queued(tmp_path / "spool", "outgoing")
+
+
 def test_queues_while_the_destination_is_down_and_delivers_each_result_once(tmp_path: Path, sources):
     spool, log, pacs_dir = tmp_path / "spool", tmp_path / "node.log", tmp_path / "orthanc"
     port, pacs_http, pacs_dicom = free_port(), free_port(), free_port()
