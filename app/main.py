@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ModelLoadError as exc:
             log.error("cannot start: %s", exc)
             raise
+        service.metrics = app.state.metrics
         app.state.service = service
         info = service.model.info
         app.state.metrics.model.info({"name": info.name, "version": info.version, "sha256": info.sha256,

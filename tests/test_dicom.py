@@ -12,7 +12,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from app.pipeline.dicom.read import load_dicom_bytes, looks_like_dicom
-from app.pipeline.load import InputError
+from app.pipeline.errors import PipelineError, Problem
 from tests.conftest import fixture_images, read_gray
 from tests.dicom_fixtures import make_cxr_dicom, read
 
@@ -56,16 +56,16 @@ def test_multi_frame_and_no_pixel_data_are_refused():
     ds.PixelData = ds.PixelData * 2
     buf = io.BytesIO()
     ds.save_as(buf)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(PipelineError) as err:
         load_dicom_bytes(buf.getvalue(), 10 ** 8)
-    assert err.value.status == 422 and err.value.code == "multi_frame"
+    assert err.value.problem is Problem.INVALID and err.value.code == "multi_frame"
     del ds.PixelData
     ds.NumberOfFrames = 1
     buf = io.BytesIO()
     ds.save_as(buf)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(PipelineError) as err:
         load_dicom_bytes(buf.getvalue(), 10 ** 8)
-    assert err.value.status == 422 and err.value.code == "no_pixel_data"
+    assert err.value.problem is Problem.INVALID and err.value.code == "no_pixel_data"
 
 
 def test_json_answer_echoes_uids_not_patient(service_client):

@@ -9,9 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.pipeline.load import InputError
+from app.pipeline.errors import PipelineError, Problem
 
 log = logging.getLogger("app.errors")
+#: The one place pipeline problems become HTTP statuses.
+STATUS_OF_PROBLEM = {Problem.EMPTY: 400, Problem.CORRUPT: 400, Problem.TOO_LARGE: 413, Problem.UNSUPPORTED: 415,
+                     Problem.INVALID: 422}
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
               503: "not_ready"}
@@ -35,9 +38,9 @@ def _describe(errors: list[dict]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InputError)
-    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, request)
+    @app.exception_handler(PipelineError)
+    async def _pipeline_error(request: Request, exc: PipelineError) -> JSONResponse:
+        return error_response(STATUS_OF_PROBLEM[exc.problem], exc.code, exc.message, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

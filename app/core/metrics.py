@@ -20,3 +20,9 @@ class ServiceMetrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.images = Counter("covidseg_images_total", "images segmented", registry=self.registry)
         self.model = Info("covidseg_model", "the loaded model", registry=self.registry)
+
+    def record_run(self, images: int, seconds: float) -> None:
+        """One model run of ``images`` images that took ``seconds``."""
+        self.inference.observe(seconds)
+        self.batch_size.observe(images)
+        self.images.inc(images)

@@ -20,11 +20,9 @@ from tenacity import RetryCallState, wait_exponential
 
 from app.node.sender import DestinationDown, Refused
 from app.node.spool import Spool
-from app.pipeline.dicom.common import dataset_bytes
-from app.pipeline.dicom.context import ResultContext
 from app.pipeline.dicom.read import load_dicom_bytes
-from app.pipeline.dicom.write import write_result
-from app.pipeline.load import InputError
+from app.pipeline.errors import PipelineError
+from app.services.outputs import dicom_of
 from app.services.segmentation import SegmentationService
 
 log = logging.getLogger("app.node")
@@ -78,8 +76,8 @@ class Segmenter(SpoolWorker):
     def segment(self, path: Path) -> None:
         try:
             results = self.results_of(path.read_bytes())
-        except (InputError, ValueError, AttributeError, KeyError, TypeError) as exc:
-            reason = exc.message if isinstance(exc, InputError) else f"{type(exc).__name__}"
+        except (PipelineError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            reason = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}"
             log.warning("an instance could not be segmented (%s); kept in %s", reason, self.spool.failed)
             self.spool.set_aside(path, reason)
             return
@@ -92,8 +90,8 @@ class Segmenter(SpoolWorker):
     def results_of(self, data: bytes) -> dict[str, bytes]:
         loaded = load_dicom_bytes(data, self.max_pixels)
         seg = self.service.segment_now([loaded], self.threshold)[0]
-        ctx = ResultContext(loaded, seg, self.service.model_ref(), self.service.result_options)
-        return {kind: dataset_bytes(write_result(kind, ctx)) for kind in self.outputs}
+        model, options = self.service.model_ref(), self.service.result_options
+        return {kind: dicom_of(kind, seg, loaded, model, options) for kind in self.outputs}
 
 
 class Deliverer(SpoolWorker):

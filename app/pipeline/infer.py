@@ -48,7 +48,6 @@ class ModelInfo:
     name: str
     version: str
     sha256: str
-    path: str
     input_size: int
     providers: tuple[str, ...]
 
@@ -83,7 +82,6 @@ class OnnxSegmenter:
             name=meta.get("model_name", path.stem),
             version=meta.get("model_version", "unknown"),
             sha256=file_sha256(path),
-            path=str(path),
             input_size=int(size) if isinstance(size, int) else int(meta.get("input_size", 256)),
             providers=tuple(self.session.get_providers()),
         )
@@ -93,7 +91,3 @@ class OnnxSegmenter:
         if batch.ndim != 4:
             raise ValueError(f"expected a batch (N, 3, H, W), got shape {batch.shape}")
         return self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
-
-    def predict_in_chunks(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
-        """:meth:`predict` over slices of ``chunk`` images, to bound memory on large evaluations."""
-        return np.concatenate([self.predict(batch[i:i + chunk]) for i in range(0, len(batch), chunk)])

@@ -1,6 +1,6 @@
 """Load: uploaded bytes -> 8-bit grayscale image, refusing what is not a usable X-ray.
 
-Every refusal is an :class:`InputError` carrying the HTTP status and a message that
+Every refusal is an :class:`PipelineError` carrying the HTTP status and a message that
 says what was wrong. The pixel limit is checked from the header, before decoding, so a
 decompression bomb never reaches the decoder.
 """
@@ -15,23 +15,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from app.pipeline.errors import PipelineError, Problem
+
 if TYPE_CHECKING:
     import pydicom
 
 SUPPORTED_FORMATS = ("PNG", "JPEG")
 #: Pillow modes accepted, by family.
-GRAY_8 = {"L", "1", "P", "LA", "PA", "RGB", "RGBA", "RGBX"}
-GRAY_WIDE = {"I;16", "I;16B", "I;16L", "I"}
-
-
-class InputError(ValueError):
-    """A request's input cannot be used; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+#: Wide grayscale, stretched from its own range; every other mode Pillow decodes is converted to "L".
+GRAY_WIDE = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 @dataclass(frozen=True)
@@ -78,12 +70,17 @@ def stretch_to_uint8(values: np.ndarray, lo: float | None = None, hi: float | No
 
 
 def to_uint8_gray(image: Image.Image) -> np.ndarray:
-    """Any accepted mode -> uint8 grayscale. Wide (16/32-bit) gray is stretched min..max to 0..255."""
+    """Any mode Pillow decodes -> uint8 grayscale (CMYK, YCbCr, LAB... through Pillow's conversions).
+    Wide (16/32-bit, float) gray is stretched min..max to 0..255."""
     if image.mode in GRAY_WIDE:
         return stretch_to_uint8(np.asarray(image))
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
-    return np.asarray(image.convert("L"))
+    try:
+        return np.asarray(image.convert("L"))
+    except ValueError as exc:
+        raise PipelineError(Problem.UNSUPPORTED, "unsupported_mode",
+                            f"image mode {image.mode} cannot be converted to grayscale") from exc
 
 
 def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
@@ -95,33 +92,30 @@ def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise InputError(413, "too_many_pixels", f"image refused before decoding: {exc}") from exc
+        raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused before decoding: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(415, "not_an_image",
+        raise PipelineError(Problem.UNSUPPORTED, "not_an_image",
                          "the file is not a supported image: send PNG, JPEG or DICOM") from exc
     with image:
         if image.format not in SUPPORTED_FORMATS:
-            raise InputError(415, "unsupported_format",
+            raise PipelineError(Problem.UNSUPPORTED, "unsupported_format",
                              f"image format {image.format} is not supported: send PNG, JPEG or DICOM")
         width, height = image.size
         if width * height > max_pixels:
-            raise InputError(413, "too_many_pixels",
+            raise PipelineError(Problem.TOO_LARGE, "too_many_pixels",
                              f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
         if width < 1 or height < 1:
-            raise InputError(400, "empty_image", "the image has no pixels")
-        if image.mode not in GRAY_8 | GRAY_WIDE:
-            raise InputError(415, "unsupported_mode",
-                             f"image mode {image.mode} is not supported: send grayscale, RGB, RGBA or palette images")
+            raise PipelineError(Problem.EMPTY, "empty_image", "the image has no pixels")
         if getattr(image, "n_frames", 1) > 1:
-            raise InputError(415, "multi_frame", "multi-frame images are not supported: send one image per file")
+            raise PipelineError(Problem.UNSUPPORTED, "multi_frame", "multi-frame images are not supported: send one image per file")
         mode, fmt = image.mode, image.format
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image.load()
         except Image.DecompressionBombError as exc:
-            raise InputError(413, "too_many_pixels", f"image refused: {exc}") from exc
+            raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused: {exc}") from exc
         except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(400, "corrupt_image", f"the {fmt} image is truncated or corrupt and cannot be decoded") from exc
+            raise PipelineError(Problem.CORRUPT, "corrupt_image", f"the {fmt} image is truncated or corrupt and cannot be decoded") from exc
         gray = to_uint8_gray(image)
     return LoadedImage(gray=gray, format=fmt, mode=mode)

@@ -39,6 +39,15 @@ def resize_probability(prob: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
 
 
+def severity_ranges() -> list[tuple[str, str]]:
+    """Each grade with its range of infected lung share, as text (for documentation and ``GET /model``)."""
+    ranges, lower = [("none", "no infection predicted")], 0.0
+    for upper, grade in SEVERITY_BINS:
+        ranges.append((grade, f"[{lower:.2f}, 1.00]" if upper == float("inf") else f"[{lower:.2f}, {upper:.2f})"))
+        lower = upper
+    return ranges
+
+
 def severity_grade(infected_lung_share: float, infection_pixels: int) -> str:
     """Grade from the share of the lung predicted infected (see :data:`SEVERITY_BINS`)."""
     if infection_pixels == 0:
@@ -54,18 +63,9 @@ class Segmentation:
     """Masks and measurements of one image, at its own resolution."""
 
     infection_probability: np.ndarray  # float32 (H, W) in [0, 1]
-    lung_probability: np.ndarray  # float32 (H, W)
     infection_mask: np.ndarray  # bool (H, W)
     lung_mask: np.ndarray  # bool (H, W)
     threshold: float
-
-    @property
-    def width(self) -> int:
-        return int(self.infection_mask.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.infection_mask.shape[0])
 
     @property
     def infection_pixels(self) -> int:
@@ -103,14 +103,10 @@ def postprocess(probabilities: np.ndarray, width: int, height: int, threshold: f
     """
     if probabilities.ndim != 3 or probabilities.shape[0] != 2:
         raise ValueError(f"expected probabilities of shape (2, h, w), got {probabilities.shape}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     inf = resize_probability(probabilities[0], width, height)
-    lung = resize_probability(probabilities[1], width, height)
     return Segmentation(
         infection_probability=inf,
-        lung_probability=lung,
         infection_mask=inf >= threshold,
-        lung_mask=lung >= LUNG_THRESHOLD,
+        lung_mask=resize_probability(probabilities[1], width, height) >= LUNG_THRESHOLD,
         threshold=threshold,
     )

@@ -15,6 +15,10 @@ import numpy as np
 
 from app.core.config import Settings
 from app.pipeline.dicom.common import ModelRef, ResultOptions
+from app.core.metrics import ServiceMetrics
+from app.pipeline.errors import PipelineError
+from app.pipeline.inputs import decode_upload
+from app.services.outputs import Finished, OutputSpec, finish
 from app.pipeline.infer import ModelLoadError, OnnxSegmenter
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation, postprocess
@@ -48,6 +52,16 @@ class Timings:
         return d
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file, as read (in memory); ``index`` is its place in a batch."""
+
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+    index: int | None = None
+
+
 @dataclass
 class SegmentationService:
     """One ONNX session shared by all requests (ORT sessions are thread-safe); a capacity
@@ -57,6 +71,8 @@ class SegmentationService:
     card: dict[str, Any]
     inference_concurrency: int = 1
     result_options: ResultOptions = field(default_factory=ResultOptions)
+    max_pixels: int = 50_000_000
+    metrics: ServiceMetrics | None = None
     ready: bool = False
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
@@ -74,11 +90,15 @@ class SegmentationService:
         else:
             log.warning("no model card at %s; default threshold %.2f", card_path, FALLBACK_THRESHOLD)
         return cls(model=model, card=card, inference_concurrency=settings.inference_concurrency,
-                   result_options=settings.result_options())
+                   result_options=settings.result_options(), max_pixels=settings.max_pixels)
 
     @property
     def default_threshold(self) -> float:
         return float(self.card.get("default_threshold", FALLBACK_THRESHOLD))
+
+    def threshold_or_default(self, threshold: float | None) -> float:
+        """The request's threshold, or the card's default when it gave none (resolved here only)."""
+        return self.default_threshold if threshold is None else threshold
 
     @property
     def input_size(self) -> int:
@@ -110,9 +130,35 @@ class SegmentationService:
                       timings: Timings) -> list[Segmentation]:
         """Run the shared middle of the pipeline off the event loop; one batch for all images."""
         batch = await timings.run("preprocess", preprocess_batch, [im.gray for im in images], self.input_size)
+        before = timings.inference
         probs = await timings.run("inference", self.model.predict, batch, limiter=self._limiter())
+        if self.metrics is not None:
+            self.metrics.record_run(len(images), (timings.inference - before) / 1000)
 
         def _post() -> list[Segmentation]:
             return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
 
         return await timings.run("postprocess", _post)
+
+    async def decode(self, upload: Upload, timings: Timings) -> LoadedImage:
+        try:
+            return await timings.run("decode", decode_upload, upload.data, self.max_pixels, upload.filename,
+                                     upload.content_type)
+        except PipelineError as exc:
+            if upload.index is not None:  # in a batch: say which file
+                exc.message = f"file {upload.index}: {exc.message}"
+            raise
+
+    async def process(self, uploads: list[Upload], spec: OutputSpec, timings: Timings) -> list[Finished]:
+        """Decode, segment (one model run) and finish every upload as ``spec`` asks."""
+        loaded = []
+        for upload in uploads:
+            loaded.append(await self.decode(upload, timings))
+            spec.check_input(loaded[-1])
+        segs = await self.segment(loaded, spec.threshold, timings)
+        model = self.model_ref()
+
+        def _finish() -> list[Finished]:
+            return [finish(s, im, spec, i, model, self.result_options) for i, (s, im) in enumerate(zip(segs, loaded))]
+
+        return await timings.run("postprocess", _finish)

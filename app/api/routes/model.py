@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep
-from app.pipeline.postprocess import SEVERITY_BINS
+from app.pipeline.postprocess import severity_ranges
 
 router = APIRouter(tags=["model"])
 
@@ -28,9 +28,4 @@ async def model_card(service: ServiceDep) -> dict[str, Any]:
 
 def severity_bins_doc() -> list[dict[str, Any]]:
     """The severity grades and their ranges of infected lung share."""
-    bins, lower = [{"grade": "none", "infected_lung_share": "no infection predicted"}], 0.0
-    for upper, grade in SEVERITY_BINS:
-        hi = "1.00" if upper == float("inf") else f"{upper:.2f}"
-        bins.append({"grade": grade, "infected_lung_share": f"[{lower:.2f}, {hi}{']' if hi == '1.00' else ')'}"})
-        lower = upper
-    return bins
+    return [{"grade": grade, "infected_lung_share": span} for grade, span in severity_ranges()]

@@ -15,7 +15,8 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from app.pipeline.load import DicomSource, InputError, LoadedImage, stretch_to_uint8
+from app.pipeline.errors import PipelineError, Problem
+from app.pipeline.load import DicomSource, LoadedImage, stretch_to_uint8
 
 DICOM_MEDIA_TYPE = "application/dicom"
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
@@ -35,7 +36,7 @@ def parse_dicom(data: bytes) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise InputError(400, "corrupt_dicom", "the DICOM file cannot be parsed") from exc
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", "the DICOM file cannot be parsed") from exc
 
 
 def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
@@ -54,17 +55,17 @@ def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
 def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
     """Refuse what is not one usable frame; returns the photometric interpretation."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError(422, "no_pixel_data", "the DICOM file holds no pixel data (is it an image?)")
+        raise PipelineError(Problem.INVALID, "no_pixel_data", "the DICOM file holds no pixel data (is it an image?)")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise InputError(422, "multi_frame", f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported: "
+        raise PipelineError(Problem.INVALID, "multi_frame", f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported: "
                                              "send one frame per file")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > max_pixels:
-        raise InputError(413, "too_many_pixels",
+        raise PipelineError(Problem.TOO_LARGE, "too_many_pixels",
                          f"image is {cols}x{rows} = {rows * cols} pixels, over the limit of {max_pixels}")
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
-        raise InputError(415, "unsupported_mode", f"photometric interpretation {photometric or 'missing'} "
+        raise PipelineError(Problem.UNSUPPORTED, "unsupported_mode", f"photometric interpretation {photometric or 'missing'} "
                                                   f"is not supported: send {', '.join(SUPPORTED_PHOTOMETRIC)}")
     return photometric
 
@@ -74,10 +75,10 @@ def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
         return ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise InputError(415, "unsupported_transfer_syntax",
+        raise PipelineError(Problem.UNSUPPORTED, "unsupported_transfer_syntax",
                          f"cannot decode pixel data in transfer syntax {syntax}") from exc
     except (ValueError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
-        raise InputError(400, "corrupt_dicom", "the DICOM pixel data is truncated or corrupt") from exc
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", "the DICOM pixel data is truncated or corrupt") from exc
 
 
 def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
@@ -101,7 +102,7 @@ def source_of(ds: pydicom.Dataset) -> DicomSource:
 
 
 def read_dicom(ds: pydicom.Dataset, max_pixels: int) -> LoadedImage:
-    """One single-frame DICOM image as a :class:`LoadedImage`; refusals are :class:`InputError`."""
+    """One single-frame DICOM image as a :class:`LoadedImage`; refusals are :class:`PipelineError`."""
     photometric = _check_image(ds, max_pixels)
     gray = displayed_gray(ds, _decode_pixels(ds), photometric)
     return LoadedImage(gray=gray, format="DICOM", mode=photometric, dicom=source_of(ds))

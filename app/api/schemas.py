@@ -1,0 +1,98 @@
+"""Request options and response bodies of the API (pydantic), apart from the routes."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.pipeline.postprocess import severity_ranges
+
+SEVERITY_DOC = ("Severity grade from the share of the lung field predicted infected: "
+                + ", ".join(f"{grade} {span}" for grade, span in severity_ranges()) + ".")
+
+
+class OutputFormat(str, Enum):
+    json = "json"
+    png = "png"
+    dicom_seg = "dicom-seg"
+    dicom_sc = "dicom-sc"
+    dicom_sr = "dicom-sr"
+
+    @property
+    def dicom_kind(self) -> str | None:
+        """The DICOM result kind (seg, sc, sr) of a DICOM format, else None."""
+        return self.value.removeprefix("dicom-") if self.value.startswith("dicom-") else None
+
+
+class PngOutput(str, Enum):
+    mask = "mask"
+    overlay = "overlay"
+    probability = "probability"
+    lung = "lung"
+
+
+class ModelIdentity(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+    format: str = Field(description="detected file format (PNG, JPEG, ...)")
+    mode: str = Field(description="pixel mode as decoded (L, I;16, RGB, ...)")
+
+
+class DicomIdentifiers(BaseModel):
+    """UIDs of a DICOM input (never patient name or ID)."""
+
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+class SegmentResult(BaseModel):
+    """Measurements of one image, at its own resolution."""
+
+    index: int = Field(0, description="position of the file in the request")
+    image: ImageInfo
+    dicom: DicomIdentifiers | None = Field(None, description="for DICOM inputs: the source's UIDs")
+    threshold: float = Field(description="infection decision threshold applied")
+    ppar: float = Field(description="predicted positive area ratio: infection pixels / all image pixels")
+    infection_pixels: int
+    lung_pixels: int
+    lung_fraction: float = Field(description="lung pixels / all image pixels")
+    infected_lung_share: float = Field(description="infection pixels inside the lung / lung pixels")
+    severity: str = Field(description=SEVERITY_DOC)
+    mask_png_base64: str | None = Field(None, description="with include=mask: 0/255 infection mask PNG")
+    overlay_png_base64: str | None = Field(None, description="with include=overlay: overlay PNG")
+    probability_png_base64: str | None = Field(None, description="with include=probability: 8-bit probability PNG")
+    lung_png_base64: str | None = Field(None, description="with include=lung: 0/255 lung mask PNG")
+
+
+class SegmentResponse(SegmentResult):
+    request_id: str
+    model: ModelIdentity
+    timings_ms: dict[str, float] = Field(description="decode, preprocess, inference, postprocess, total")
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    model: ModelIdentity
+    threshold: float
+    results: list[SegmentResult] = Field(description="one result per file, in the order sent")
+    timings_ms: dict[str, float]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "empty, truncated or corrupt file"},
+    422: {"description": "invalid parameter (threshold, format, output, include), missing file, DICOM without "
+                        "pixel data or multi-frame, or a DICOM output asked of a non-DICOM input"},
+    401: {"description": "missing or invalid X-API-Key (when keys are configured)"},
+    413: {"description": "file over the upload limit, or image over the pixel limit"},
+    415: {"description": "not an image, or an unsupported format or pixel mode"},
+    503: {"description": "model not loaded yet"},
+}
