@@ -79,6 +79,31 @@ def test_missing_or_corrupt_model_stops_start_up(tmp_path):
             pass
 
 
+def test_a_card_about_another_file_stops_start_up_unless_relaxed(tmp_path):
+    import json
+    import shutil
+
+    from app.core.config import Settings
+    from app.main import create_app
+    from fastapi.testclient import TestClient
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(model_under_test(), model)
+    card = json.loads(model_under_test().with_suffix(".card.json").read_text())
+    card["sha256"] = "0" * 64
+    model.with_suffix(".card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="describes another file"):
+        with TestClient(create_app(Settings(model_path=model))):
+            pass
+    with TestClient(create_app(Settings(model_path=model, verify_card=False))) as client:
+        assert client.get("/model").json()["sha256"] == "0" * 64  # served, with the card it has
+        assert client.get("/model").json()["loaded"]["sha256"] != "0" * 64
+    model.with_suffix(".card.json").write_text('{"name": "incomplete"}')
+    with pytest.raises(ModelLoadError, match="is not valid"):
+        with TestClient(create_app(Settings(model_path=model))):
+            pass
+
+
 # ---------------------------------------------------------------- results
 
 

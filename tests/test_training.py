@@ -14,7 +14,7 @@ import torch
 from app.pipeline.infer import OnnxSegmenter
 from tests.conftest import FIXTURE_ROOT
 from training import evaluate, export, train
-from training.card import load_card
+from app.card import ModelCard
 
 SMOKE = ["--data-root", str(FIXTURE_ROOT), "--image-size", "64", "--batch-size", "2", "--num-workers", "0",
          "--no-progress", "--normal-ratio", "0.5"]
@@ -78,14 +78,14 @@ def test_init_from_starts_from_the_parent_weights_and_records_the_parent(trained
     model = tmp_path / "phase2.onnx"
     assert export.main(["--checkpoint", str(out / "best.pt"), "--output", str(model), "--name", "toy",
                         "--data-root", str(FIXTURE_ROOT), "--parity-images", "1"]) == 0
-    phases = load_card(model)["training"]["phases"]
+    phases = [p.model_dump() for p in ModelCard.load(model).training.phases]
     assert [p["command"] for p in phases] == [parent["config"]["command"], config["command"]]
     assert "Normal-image BCE weight 3" in phases[1]["recipe"] and "Normal-image BCE weight 1" in phases[0]["recipe"]
     assert "Phase 2 of 2" in model.with_suffix(".card.md").read_text()
 
 
 def test_export_keeps_the_attempts_of_the_model_it_replaces(exported: Path, tmp_path: Path, trained: Path):
-    old = load_card(exported)
+    old = ModelCard.load(exported).model_dump(mode="json")
     old["attempts"] = ["run 1: what it gave"]
     old_card = tmp_path / "old.card.json"
     old_card.write_text(json.dumps(old))
@@ -93,7 +93,7 @@ def test_export_keeps_the_attempts_of_the_model_it_replaces(exported: Path, tmp_
     assert export.main(["--checkpoint", str(trained / "best.pt"), "--output", str(model), "--name", "toy",
                         "--version", "0.0.2", "--data-root", str(FIXTURE_ROOT), "--parity-images", "1",
                         "--replaces", str(old_card), "--attempt", "run 2: what it gave"]) == 0
-    card = load_card(model)
+    card = ModelCard.load(model).model_dump(mode="json")
     assert card["attempts"] == ["run 1: what it gave", "run 2: what it gave"]
     assert card["replaces"] == {"version": old["version"], "sha256": old["sha256"]}
     assert f"Replaces: toy {old['version']}" in model.with_suffix(".card.md").read_text()
@@ -108,7 +108,7 @@ def exported(trained: Path, tmp_path_factory) -> Path:
 
 
 def test_export_matches_pytorch_and_writes_a_card(exported: Path, trained: Path):
-    card = load_card(exported)
+    card = ModelCard.load(exported).model_dump(mode="json")
     assert card["export"]["parity_max_abs_diff"] < export.PARITY_TOLERANCE
     assert card["name"] == "toy" and card["training"]["selected_epoch"] == 1
     model = OnnxSegmenter(exported)
@@ -144,7 +144,7 @@ def test_evaluate_reports_all_classes_and_updates_the_card(exported: Path, tmp_p
     assert len(report["sweep"]) == 19 and set(report["lung_dice"]) == {"COVID-19", "Non-COVID", "Normal"}
     for plot in ("ppar_distributions.png", "threshold_sweep.png", "overlays.png"):
         assert (out / plot).stat().st_size > 1000
-    card = load_card(exported)
+    card = ModelCard.load(exported).model_dump(mode="json")
     assert card["evaluation"]["covid"]["0.5"]["dice"] == report["covid"]["0.5"]["dice"]
     assert "training.evaluate" in card["evaluation"]["command"]
     assert "Val figures" in exported.with_suffix(".card.md").read_text()

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from app.card import CardError, Evaluation, ModelCard
 from app.pipeline.infer import OnnxSegmenter
 from app.pipeline.postprocess import LUNG_THRESHOLD, ppar, resize_probability
 from app.pipeline.preprocess import preprocess_batch
 from app.pipeline.render import overlay_rgb
-from training.card import load_card, save_card
 from training.data import CLASSES, LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
 from training.metrics import Confusion, dice_score, ppar_summary
 
@@ -176,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
               f"IoU {m['iou']:.4f} mean image Dice {m['mean_image_dice']:.4f}")
     print(f"wrote {args.out / 'report.json'} and {', '.join(p.name for p in plots)}")
     if args.update_card:
-        card = load_card(args.model)
-        if card["sha256"] != report["model"]["sha256"]:
-            print("error: the card describes another file (sha256 differs); export again", file=sys.stderr)
+        try:
+            card = ModelCard.load(args.model)
+            card.check_describes(report["model"]["sha256"])
+        except CardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
-        card["evaluation"] = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep")}
-        card["evaluation"]["command"] = command
-        save_card(args.model, card)
+        card.evaluation = Evaluation(command=command, **{k: report[k] for k in (
+            "split", "counts", "covid", "ppar", "lung_dice", "sweep")})
+        card.save(args.model)
         print(f"updated the card of {args.model}")
     return 0
 

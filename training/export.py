@@ -22,7 +22,7 @@ import torch
 
 from app.pipeline.infer import OnnxSegmenter, file_sha256
 from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch
-from training.card import save_card
+from app.card import ModelCard
 from training.data import CLASSES, default_data_root, index_split, limit_per_class, load_samples
 from training.model import OUTPUT_CHANNELS, ProbabilityModel, build_model
 
@@ -125,7 +125,7 @@ def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Read before exporting: the replaced card is usually the one this export overwrites.
-    replaced = json.loads(args.replaces.read_text()) if args.replaces else None
+    replaced = ModelCard.model_validate_json(args.replaces.read_text()) if args.replaces else None
     net, state = load_checkpoint_model(args.checkpoint)
     config = state["config"]
     size = int(config.get("image_size", INPUT_SIZE))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     history_file = args.checkpoint.parent / "history.json"
     history = json.loads(history_file.read_text()) if history_file.exists() else []
-    card = {
+    card = ModelCard.model_validate({
         "name": args.name,
         "version": args.version,
         "file": args.output.name,
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         },
-        "attempts": (replaced.get("attempts", []) if replaced else []) + args.attempt,
-        "replaces": {"version": replaced["version"], "sha256": replaced["sha256"]} if replaced else None,
+        "attempts": (replaced.attempts if replaced else []) + args.attempt,
+        "replaces": {"version": replaced.version, "sha256": replaced.sha256} if replaced else None,
         "limitations": [
             "Trained from scratch (no ImageNet weights could be downloaded where it was trained).",
             "Trained and validated on COVID-QU-Ex only (256x256 PNGs derived from several public sources); "
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "independent evaluation.",
         ],
         "citations": CITATIONS,
-    }
-    save_card(args.output, card)
+    })
+    card.save(args.output)
     print(f"wrote {args.output} and its card")
     return 0
 

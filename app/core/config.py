@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model; its card is <model>.card.json beside it")
+    verify_card: bool = Field(True, description="refuse to start when the model card does not describe the "
+                                                "model file (sha256); false only while developing")
     providers: str = Field("auto", description="'auto' (CUDA when available, else CPU) or a comma list of ORT providers")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = default)")

@@ -3,16 +3,15 @@ preprocess -> infer -> postprocess, for one image or a batch."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import anyio
 import numpy as np
 
+from app.card import CardError, ModelCard
 from app.core.config import Settings
 from app.pipeline.dicom.common import ModelRef, ResultOptions
 from app.core.metrics import ServiceMetrics
@@ -52,6 +51,23 @@ class Timings:
         return d
 
 
+def load_card(settings: Settings, model_sha256: str) -> ModelCard | None:
+    """The model's card. Start-up stops when it is invalid or describes another file, unless
+    ``verify_card`` is off; a model without a card runs on the fallback threshold, with a warning."""
+    if not ModelCard.json_path(settings.model_path).is_file():
+        log.warning("no model card beside %s; default threshold %.2f", settings.model_path, FALLBACK_THRESHOLD)
+        return None
+    card: ModelCard | None = None
+    try:
+        card = ModelCard.load(settings.model_path)
+        card.check_describes(model_sha256)
+    except CardError as exc:
+        if settings.verify_card:
+            raise ModelLoadError(str(exc)) from exc
+        log.warning("%s (served anyway: COVIDSEG_VERIFY_CARD=false)", exc)
+    return card
+
+
 @dataclass(frozen=True)
 class Upload:
     """One uploaded file, as read (in memory); ``index`` is its place in a batch."""
@@ -68,7 +84,7 @@ class SegmentationService:
     limiter keeps concurrent runs from fighting over the cores."""
 
     model: OnnxSegmenter
-    card: dict[str, Any]
+    card: ModelCard | None
     inference_concurrency: int = 1
     result_options: ResultOptions = field(default_factory=ResultOptions)
     max_pixels: int = 50_000_000
@@ -80,21 +96,12 @@ class SegmentationService:
     def from_settings(cls, settings: Settings) -> "SegmentationService":
         model = OnnxSegmenter(settings.model_path, providers=settings.providers,
                               intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads)
-        card_path = Path(settings.model_path).with_suffix(".card.json")
-        card: dict[str, Any] = {}
-        if card_path.is_file():
-            try:
-                card = json.loads(card_path.read_text())
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(f"model card {card_path} is unreadable: {exc}") from exc
-        else:
-            log.warning("no model card at %s; default threshold %.2f", card_path, FALLBACK_THRESHOLD)
-        return cls(model=model, card=card, inference_concurrency=settings.inference_concurrency,
+        return cls(model=model, card=load_card(settings, model.info.sha256), inference_concurrency=settings.inference_concurrency,
                    result_options=settings.result_options(), max_pixels=settings.max_pixels)
 
     @property
     def default_threshold(self) -> float:
-        return float(self.card.get("default_threshold", FALLBACK_THRESHOLD))
+        return FALLBACK_THRESHOLD if self.card is None else self.card.default_threshold
 
     def threshold_or_default(self, threshold: float | None) -> float:
         """The request's threshold, or the card's default when it gave none (resolved here only)."""

@@ -15,8 +15,7 @@ router = APIRouter(tags=["model"])
 @router.get("/model", summary="Model card of the loaded model, with the runtime's view of it")
 async def model_card(service: ServiceDep) -> dict[str, Any]:
     info = service.model.info
-    card = {k: v for k, v in service.card.items() if k != "training"} | {
-        "training": {k: v for k, v in service.card.get("training", {}).items() if k not in ("history", "config")}}
+    card = service.card.public() if service.card is not None else {}
     return {
         **card,
         "loaded": {"name": info.name, "version": info.version, "sha256": info.sha256,

@@ -1,0 +1,39 @@
+"""The typed model card against the shipped one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.card import CardError, ModelCard
+from tests.conftest import SHIPPED_MODEL
+
+
+def test_the_shipped_card_loads_and_round_trips(tmp_path: Path):
+    card = ModelCard.load(SHIPPED_MODEL)
+    assert 0 <= card.default_threshold <= 1 and card.training.phases
+    copy = tmp_path / SHIPPED_MODEL.name
+    card.save(copy)
+    # saving what was loaded gives the same files: nothing is lost or re-typed on the way
+    assert json.loads(ModelCard.json_path(copy).read_text()) == json.loads(ModelCard.json_path(SHIPPED_MODEL).read_text())
+    assert ModelCard.markdown_path(copy).read_text() == ModelCard.markdown_path(SHIPPED_MODEL).read_text()
+
+
+def test_invalid_cards_say_what_is_wrong(tmp_path: Path):
+    model = tmp_path / "m.onnx"
+    card = json.loads(ModelCard.json_path(SHIPPED_MODEL).read_text())
+    card["default_threshold"] = 1.5
+    ModelCard.json_path(model).write_text(json.dumps(card))
+    with pytest.raises(CardError, match="default_threshold"):
+        ModelCard.load(model)
+    with pytest.raises(CardError, match="cannot be read"):
+        ModelCard.load(tmp_path / "absent.onnx")
+
+
+def test_check_describes_compares_the_file_hash():
+    card = ModelCard.load(SHIPPED_MODEL)
+    card.check_describes(card.sha256)
+    with pytest.raises(CardError, match="another file"):
+        card.check_describes("f" * 64)
