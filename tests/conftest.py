@@ -10,7 +10,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_ROOT = ROOT / "tests" / "fixtures" / "covid-qu-ex-mini"
 SUBSET = FIXTURE_ROOT / "Infection Segmentation Data"
-SHIPPED_MODEL = ROOT / "models" / "covidseg-unet-r34.onnx"
+from app.core.config import DEFAULT_MODEL_PATH as SHIPPED_MODEL  # noqa: E402
 
 
 def fixture_images(split: str, cls: str) -> list[Path]:

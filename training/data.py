@@ -10,7 +10,7 @@ smaller training set is a wrong model nobody notices.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,6 @@ class LoadedSamples:
     images: np.ndarray
     infection: np.ndarray
     lung: np.ndarray
-    class_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -168,7 +167,6 @@ def load_samples(samples: list[Sample], progress: bool = True) -> LoadedSamples:
         images=np.stack(images),
         infection=np.stack(infection),
         lung=np.stack(lung),
-        class_names=[s.class_name for s in samples],
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from app.core.config import DEFAULT_MODEL_PATH
 from app.card import CardError, Evaluation, ModelCard
 from app.pipeline.infer import OnnxSegmenter
 from app.pipeline.postprocess import LUNG_THRESHOLD, ppar, resize_probability
@@ -35,7 +36,7 @@ SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("models/covidseg-unet-r34.onnx"))
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--split", default="Val", help="Train or Val (Test is held back for independent evaluation)")
     p.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))

@@ -23,13 +23,13 @@ import torch
 from app.pipeline.infer import OnnxSegmenter, file_sha256
 from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch
 from app.card import ModelCard
+from app.core.config import DEFAULT_MODEL_NAME, DEFAULT_MODEL_PATH
 from training.data import CLASSES, default_data_root, index_split, limit_per_class, load_samples
 from training.model import OUTPUT_CHANNELS, ProbabilityModel, build_model
 
 PARITY_TOLERANCE = 1e-4
 #: ``--augment`` was a yes/no flag before the mild/strong presets.
 AUGMENT_NAMES = {True: 'mild', False: 'none'}
-DEFAULT_NAME = "covidseg-unet-r34"
 CITATIONS = [
     'A. M. Tahir et al., "COVID-19 Infection Localization and Severity Grading from Chest X-ray Images", '
     "Computers in Biology and Medicine 139 (2021) 105002.",
@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by training.train")
-    p.add_argument("--output", type=Path, default=Path(f"models/{DEFAULT_NAME}.onnx"))
-    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--output", type=Path, default=DEFAULT_MODEL_PATH)
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--default-threshold", type=float, default=0.5)
     p.add_argument("--data-root", type=Path, default=None, help="where to take real images for the parity check")

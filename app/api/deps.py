@@ -16,7 +16,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="required on every route but /health and /ready when keys are configured")
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -45,6 +45,6 @@ def require_api_key(request: Request, key: Annotated[str | None, Security(api_ke
                             headers={"WWW-Authenticate": "ApiKey"})
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings_of)]
 ServiceDep = Annotated[SegmentationService, Depends(get_service)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

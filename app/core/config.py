@@ -13,7 +13,9 @@ from app.pipeline.dicom.common import KINDS as RESULT_KINDS
 from app.pipeline.dicom.common import ResultOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "covidseg-unet-r34.onnx"
+DEFAULT_MODEL_NAME = "covidseg-unet-r34"
+#: The shipped model: the one place its path is spelled.
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / f"{DEFAULT_MODEL_NAME}.onnx"
 
 
 CommaList = Annotated[list[str], NoDecode]
@@ -120,4 +122,6 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """The settings from the environment, read once per process (the one accessor; routes receive
+    the app's own settings through :func:`app.api.deps.settings_of`)."""
     return Settings()
