@@ -27,7 +27,7 @@ from app.pipeline.postprocess import LUNG_THRESHOLD, ppar, resize_probability
 from app.pipeline.preprocess import preprocess_batch
 from app.pipeline.render import overlay_rgb
 from training.data import CLASSES, LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
-from training.metrics import Confusion, dice_score, ppar_summary
+from training.scoring import infection_scores, lung_dice, ppar_scores
 
 REPORT_THRESHOLDS = (0.5, 0.25)
 SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
@@ -62,12 +62,6 @@ def predict_class(model: OnnxSegmenter, data: LoadedSamples, batch_size: int, pr
     return np.stack(inf), np.stack(lung)
 
 
-def covid_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = prob >= threshold
-    conf = sum((Confusion.of(p, g) for p, g in zip(pred, gt)), Confusion())
-    return {**conf.summary(), "mean_image_dice": float(np.mean([dice_score(p, g) for p, g in zip(pred, gt)]))}
-
-
 def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[str], limit: int | None,
              batch_size: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Compute the report; also returns the per-class arrays the plots need."""
@@ -80,19 +74,18 @@ def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[st
         inf, lung = predict_class(model, data, batch_size, progress, f"{split}/{cls}")
         arrays[cls] = {"data": data, "inf": inf, "lung": lung}
         report["counts"][cls] = len(data)
-        lung_conf = sum((Confusion.of(p >= LUNG_THRESHOLD, g) for p, g in zip(lung, data.lung)), Confusion())
-        report["lung_dice"][cls] = lung_conf.dice
-        report["ppar"][cls] = {str(t): ppar_summary([ppar(p >= t) for p in inf]) for t in REPORT_THRESHOLDS}
+        report["lung_dice"][cls] = lung_dice(lung, data.lung)
+        report["ppar"][cls] = {str(t): ppar_scores(inf, t) for t in REPORT_THRESHOLDS}
         if cls == "COVID-19":
-            report["covid"] = {str(t): covid_metrics(inf, data.infection, t) for t in REPORT_THRESHOLDS}
+            report["covid"] = {str(t): infection_scores(inf, data.infection, t) for t in REPORT_THRESHOLDS}
     for t in SWEEP:
         row: dict[str, float] = {"threshold": t}
         if "COVID-19" in arrays:
-            m = covid_metrics(arrays["COVID-19"]["inf"], arrays["COVID-19"]["data"].infection, t)
+            m = infection_scores(arrays["COVID-19"]["inf"], arrays["COVID-19"]["data"].infection, t)
             row.update({k: m[k] for k in ("precision", "recall", "dice", "iou")})
         for cls in arrays:
             if cls != "COVID-19":
-                row[f"{cls}_ppar_p95"] = ppar_summary([ppar(p >= t) for p in arrays[cls]["inf"]])["p95"]
+                row[f"{cls}_ppar_p95"] = ppar_scores(arrays[cls]["inf"], t)["p95"]
         report["sweep"].append(row)
     return report, arrays
 

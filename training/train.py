@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,12 +28,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from app.pipeline.postprocess import ppar
 from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch, resize_mask
 from training.data import LoadedSamples, default_data_root, index_split, limit_per_class, load_samples, recipe_epoch_indices
 from training.dataset import AUGMENTATIONS, SegmentationDataset
 from training.losses import DiceBCELoss
-from training.metrics import Confusion, dice_score, ppar_summary
+from training.scoring import infection_scores, lung_dice, ppar_scores
 from training.model import build_model
 
 log = logging.getLogger("training.train")
@@ -151,45 +151,39 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str,
-                          size: int, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """Sigmoid outputs (N, 2, size, size) float32 of ``model`` on uint8 images (N, H, W)."""
+def predict_logits(model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str,
+                   size: int, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    """Logits (N, 2, size, size) float32 of ``model`` on uint8 images (N, H, W)."""
     model.eval()
     out = []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="validating", unit="batch", leave=False, disable=not progress):
         x = torch.from_numpy(preprocess_batch(list(images[i:i + batch_size]), size)).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            logits = model(x)
-        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+        out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
 
 
 def validate(model: torch.nn.Module, val: LoadedSamples, device: torch.device, precision: str, size: int,
              loss_fn: torch.nn.Module, threshold: float = 0.5, progress: bool = False) -> dict[str, float]:
     """Val loss, COVID-19 global Dice/IoU/precision/recall, mean per-image Dice, Normal PPAR, lung Dice."""
-    probs = predict_probabilities(model, val.images, device, precision, size, progress=progress)
+    logits = predict_logits(model, val.images, device, precision, size, progress=progress)
     inf_gt = np.stack([resize_mask(m, size) for m in val.infection])
     lung_gt = np.stack([resize_mask(m, size) for m in val.lung])
     target = torch.from_numpy(np.stack([inf_gt, lung_gt], axis=1).astype(np.float32))
-    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))
-    val_loss = float(loss_fn(logits, target))
-    pred_inf = probs[:, 0] >= threshold
-    pred_lung = probs[:, 1] >= 0.5
-    metrics: dict[str, float] = {"val_loss": val_loss}
-    covid = val.where("COVID-19")
+    metrics: dict[str, float] = {"val_loss": float(loss_fn(torch.from_numpy(logits), target))}
+    probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
+    covid, normal = val.where("COVID-19"), val.where("Normal")
     if len(covid):
-        conf = sum((Confusion.of(pred_inf[i], inf_gt[i]) for i in covid), Confusion())
-        metrics.update({f"covid_{k}": v for k, v in conf.summary().items() if k in ("dice", "iou", "precision", "recall")})
-        metrics["covid_mean_image_dice"] = float(np.mean([dice_score(pred_inf[i], inf_gt[i]) for i in covid]))
-    normal = val.where("Normal")
+        scores = infection_scores(probs[covid, 0], inf_gt[covid], threshold)
+        metrics.update({f"covid_{k}": scores[k] for k in ("precision", "recall", "dice", "iou")})
+        metrics["covid_mean_image_dice"] = scores["mean_image_dice"]
     if len(normal):
-        s = ppar_summary([ppar(pred_inf[i]) for i in normal])
+        s = ppar_scores(probs[normal, 0], threshold)
         metrics.update({"normal_ppar_median": s["median"], "normal_ppar_p95": s["p95"],
                         "normal_any_positive_share": s["any_positive_share"]})
-    lung_conf = sum((Confusion.of(pred_lung[i], lung_gt[i]) for i in range(len(val))), Confusion())
-    metrics["lung_dice"] = lung_conf.dice
+    metrics["lung_dice"] = lung_dice(probs[:, 1], lung_gt)
     return metrics
 
 
@@ -237,123 +231,185 @@ def write_history(history: list[dict[str, Any]], out: Path) -> None:
         w.writerows(history)
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run the recipe; returns the path of the selected checkpoint (``best.pt``)."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Run:
+    """Everything one training run works with, built by :func:`setup`."""
+
+    args: argparse.Namespace
+    device: torch.device
+    precision: str
+    val_data: LoadedSamples
+    sampler: RecipeSampler
+    loader: DataLoader
+    model: torch.nn.Module
+    ema: torch.optim.swa_utils.AveragedModel | None
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    config: dict[str, Any]
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are validated, selected and exported: the average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+
+def load_data(args: argparse.Namespace, data_root: Path, progress: bool) -> tuple[LoadedSamples, LoadedSamples]:
+    train_samples = limit_per_class(index_split(data_root, "Train", TRAIN_CLASSES), args.limit)
+    val_samples = limit_per_class(index_split(data_root, "Val", TRAIN_CLASSES), args.limit)
+    return load_samples(train_samples, progress=progress), load_samples(val_samples, progress=progress)
+
+
+def make_loader(args: argparse.Namespace, train_data: LoadedSamples) -> tuple[RecipeSampler, DataLoader]:
+    sampler = RecipeSampler(train_data.where("COVID-19"), train_data.where("Normal"), args.normal_ratio, args.seed)
+    dataset = SegmentationDataset(train_data, augment=None if args.augment == "none" else args.augment,
+                                  size=args.image_size)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        drop_last=len(sampler) > args.batch_size, persistent_workers=args.num_workers > 0,
+                        worker_init_fn=_worker_init if args.num_workers > 0 else None)
+    return sampler, loader
+
+
+def run_config(args: argparse.Namespace, data_root: Path, train_data: LoadedSamples, val_data: LoadedSamples,
+               sampler: RecipeSampler, device: torch.device, precision: str) -> dict[str, Any]:
+    """What the run was: its arguments and what they resolved to (``config.json``, the card's phases)."""
+    covid = len(train_data.where("COVID-19"))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update({"data_root": str(data_root), "device": str(device), "precision_resolved": precision,
+                   "train_counts": {"COVID-19": covid, "Normal": int(len(train_data.where("Normal")))},
+                   "normal_per_epoch": len(sampler) - covid, "images_per_epoch": len(sampler),
+                   "val_counts": {c: int(len(val_data.where(c))) for c in TRAIN_CLASSES},
+                   "command": "python -m training.train " + " ".join(sys.argv[1:])})
+    return config
+
+
+def init_from_parent(model: torch.nn.Module, checkpoint: Path, device: torch.device, config: dict[str, Any]) -> None:
+    """A second phase: the parent's weights, and its config kept so the card shows every phase."""
+    parent = torch.load(checkpoint, map_location=device, weights_only=False)
+    model.load_state_dict(parent["model"])
+    config["parent"] = {"checkpoint": str(checkpoint), "epoch": parent.get("epoch"), "config": parent["config"]}
+    log.info("initialised from %s (epoch %s)", checkpoint, parent.get("epoch"))
+
+
+def setup(args: argparse.Namespace, progress: bool) -> Run:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     data_root = args.data_root or default_data_root()
-    progress = not args.no_progress
-
-    train_samples = limit_per_class(index_split(data_root, "Train", TRAIN_CLASSES), args.limit)
-    val_samples = limit_per_class(index_split(data_root, "Val", TRAIN_CLASSES), args.limit)
-    train_data = load_samples(train_samples, progress=progress)
-    val_data = load_samples(val_samples, progress=progress)
-    covid_idx, normal_idx = train_data.where("COVID-19"), train_data.where("Normal")
+    train_data, val_data = load_data(args, data_root, progress)
+    sampler, loader = make_loader(args, train_data)
     log.info("data root %s: train %d COVID-19 + %d Normal available, val %d images; device %s, precision %s",
-             data_root, len(covid_idx), len(normal_idx), len(val_data), device, precision)
-
-    sampler = RecipeSampler(covid_idx, normal_idx, args.normal_ratio, args.seed)
-    dataset = SegmentationDataset(train_data, augment=None if args.augment == "none" else args.augment,
-                                  size=args.image_size)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                        drop_last=len(sampler) > args.batch_size, persistent_workers=args.num_workers > 0,
-                        worker_init_fn=_worker_init if args.num_workers > 0 else None)
+             data_root, len(train_data.where("COVID-19")), len(train_data.where("Normal")), len(val_data), device,
+             precision)
     weights = None if args.encoder_weights in ("none", "", None) else args.encoder_weights
     model = build_model(args.encoder, weights).to(device).to(memory_format=torch.channels_last)
-    parent = None
-    if args.init_from is not None and not args.resume:  # a resumed run already has the weights and the parent record
-        parent = torch.load(args.init_from, map_location=device, weights_only=False)
-        model.load_state_dict(parent["model"])
-        log.info("initialised from %s (epoch %s)", args.init_from, parent.get("epoch"))
-    ema = make_ema(model, args.ema_decay)
-    loss_fn = DiceBCELoss(lung_weight=args.lung_weight, negative_weight=args.negative_weight)
+    config = run_config(args, data_root, train_data, val_data, sampler, device, precision)
+    if args.init_from is not None and not args.resume:  # a resumed run has the weights and the parent record
+        init_from_parent(model, args.init_from, device, config)
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = make_scheduler(optimizer, args.schedule, args.epochs * len(loader), args.warmup_fraction, args.lr)
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+    return Run(args=args, device=device, precision=precision, val_data=val_data, sampler=sampler, loader=loader,
+               model=model, ema=make_ema(model, args.ema_decay),
+               loss_fn=DiceBCELoss(lung_weight=args.lung_weight, negative_weight=args.negative_weight),
+               optimizer=optimizer,
+               scheduler=make_scheduler(optimizer, args.schedule, args.epochs * len(loader), args.warmup_fraction,
+                                        args.lr),
+               scaler=torch.amp.GradScaler(enabled=precision == "fp16"), config=config)
 
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update({"data_root": str(data_root), "device": str(device), "precision_resolved": precision,
-                   "train_counts": {"COVID-19": int(len(covid_idx)), "Normal": int(len(normal_idx))},
-                   "normal_per_epoch": len(sampler) - len(covid_idx), "images_per_epoch": len(sampler),
-                   "val_counts": {c: int(len(val_data.where(c))) for c in TRAIN_CLASSES},
-                   "command": "python -m training.train " + " ".join(sys.argv[1:])})
-    if parent is not None:
-        # The card must show every phase that produced the weights, so keep the parent's config.
-        config["parent"] = {"checkpoint": str(args.init_from), "epoch": parent.get("epoch"), "config": parent["config"]}
-        del parent
-    history: list[dict[str, Any]] = []
-    best_key: tuple[int, float] | None = None
-    start_epoch = 0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if args.resume:
-        if not last_path.exists():
-            raise SystemExit(f"--resume: no checkpoint at {last_path}")
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        history, start_epoch = state["history"], state["epoch"]
+
+class Checkpointer:
+    """``last.pt`` after every epoch (all state, for ``--resume``) and ``best.pt`` for the selected
+    epoch (the scored weights, for export)."""
+
+    def __init__(self, out: Path):
+        self.last, self.best = out / "last.pt", out / "best.pt"
+
+    def save(self, run: Run, epoch: int, history: list[dict[str, Any]], best_key: tuple[int, float] | None,
+             metrics: dict[str, float], selected: bool) -> None:
+        if selected:
+            torch.save({"model": run.scored.state_dict(), "config": run.config, "epoch": epoch, "metrics": metrics},
+                       self.best)
+        torch.save({"model": run.model.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+                    "scaler": run.scaler.state_dict(), "epoch": epoch, "history": history,
+                    "best_key": list(best_key) if best_key else None, "config": run.config}, self.last)
+
+    def resume(self, run: Run) -> tuple[list[dict[str, Any]], int, tuple[int, float] | None]:
+        """Restore ``run`` from ``last.pt``: (history, epochs done, best selection key)."""
+        if not self.last.exists():
+            raise SystemExit(f"--resume: no checkpoint at {self.last}")
+        state = torch.load(self.last, map_location=run.device, weights_only=False)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scheduler is not None and state.get("scheduler"):
+            run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
         if "parent" in state["config"]:
-            config["parent"] = state["config"]["parent"]
-        best_key = tuple(state["best_key"]) if state.get("best_key") else None
-        log.info("resumed from %s after epoch %d", last_path, start_epoch)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+            run.config["parent"] = state["config"]["parent"]
+        log.info("resumed from %s after epoch %d", self.last, state["epoch"])
+        return state["history"], state["epoch"], tuple(state["best_key"]) if state.get("best_key") else None
 
+
+def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:
+    """One pass over the recipe's images for this epoch; the mean loss and the speed."""
+    run.sampler.set_epoch(epoch)
+    run.model.train()
+    t0 = time.perf_counter()
+    total, seen = 0.0, 0
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{run.args.epochs}", unit="batch", disable=not progress)
+    for x, y in bar:
+        x = x.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(run.device, non_blocking=True)
+        with autocast(run.device, run.precision):
+            logits = run.model(x)
+        loss = run.loss_fn(logits, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if run.scheduler is not None:
+            run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        total += float(loss.detach()) * len(x)
+        seen += len(x)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+    seconds = time.perf_counter() - t0
+    return {"lr": run.optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1),
+            "train_seconds": round(seconds, 1), "train_img_per_s": round(seen / seconds, 2)}
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the recipe; returns the path of the selected checkpoint (``best.pt``)."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    run = setup(args, progress)
+    checkpoints = Checkpointer(out)
+    history, start_epoch, best_key = checkpoints.resume(run) if args.resume else ([], 0, None)
+    (out / "config.json").write_text(json.dumps(run.config, indent=2))
     for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=not progress)
-        for x, y in bar:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
-            bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        train_seconds = time.perf_counter() - t0
-        scored = model if ema is None else ema.module  # the weights that are selected and exported
-        metrics = validate(scored, val_data, device, precision, args.image_size, loss_fn, progress=progress)
+        fit = train_one_epoch(run, epoch, progress)
+        metrics = validate(run.scored, run.val_data, run.device, run.precision, args.image_size, run.loss_fn,
+                           progress=progress)
         key = selection_key(metrics, args.max_normal_p95)
         selected = best_key is None or key > best_key
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1),
-               **metrics, "train_seconds": round(train_seconds, 1),
-               "train_img_per_s": round(seen / train_seconds, 2), "selected": selected}
+        best_key = key if selected else best_key
+        row = {"epoch": epoch + 1, "lr": fit["lr"], "train_loss": fit["train_loss"], **metrics,
+               "train_seconds": fit["train_seconds"], "train_img_per_s": fit["train_img_per_s"], "selected": selected}
         history.append(row)
-        if selected:
-            best_key = key
-            torch.save({"model": scored.state_dict(), "config": config, "epoch": epoch + 1, "metrics": metrics},
-                       best_path)
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "history": history,
-                    "best_key": list(best_key) if best_key else None, "config": config}, last_path)
+        checkpoints.save(run, epoch + 1, history, best_key, metrics, selected)
         write_history(history, out)
         plot_history(history, out / "curves.png")
-        log.info("epoch %d: %s", epoch + 1, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
-    return best_path
+        log.info("epoch %d: %s", epoch + 1, json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                                         for k, v in row.items()}))
+    return checkpoints.best
 
 
 def main(argv: list[str] | None = None) -> int:

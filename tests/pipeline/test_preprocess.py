@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import app.services.segmentation as service_module
+import torch
+
 import training.evaluate as evaluate_module
-import training.export as export_module
 import training.train as train_module
 from app.pipeline import preprocess as pp
 from tests.conftest import FIXTURE_ROOT, fixture_images, read_gray
@@ -38,10 +38,32 @@ def test_binarize_mask_maps_any_nonzero_to_one():
     assert pp.binarize_mask(np.array([0, 1, 128, 255], np.uint8)).tolist() == [0, 1, 1, 1]
 
 
-def test_every_stage_uses_the_same_function():
-    """Training validation, evaluation, export parity and the service import the one batch function."""
-    for module in (train_module, evaluate_module, export_module, service_module):
-        assert module.preprocess_batch is pp.preprocess_batch, module.__name__
+class Spy(torch.nn.Module):
+    """A stand-in network that records what it is fed and answers zeros of the right shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[np.ndarray] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().float().contiguous().numpy().copy())
+        return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    def predict(self, batch):  # the OnnxSegmenter interface, for evaluation
+        self.seen.append(batch.copy())
+        return np.zeros((batch.shape[0], 2, *batch.shape[2:]), np.float32)
+
+
+def test_training_validation_and_evaluation_feed_the_model_the_same_arrays():
+    data = load_samples(index_split(FIXTURE_ROOT, "Val", ["COVID-19", "Normal"]), progress=False)
+    expected = pp.preprocess_batch(list(data.images))
+    spy = Spy()
+    train_module.predict_logits(spy, data.images, torch.device("cpu"), "fp32", pp.INPUT_SIZE)
+    np.testing.assert_array_equal(np.concatenate(spy.seen), expected)
+    spy = Spy()
+    spy.info = type("Info", (), {"input_size": pp.INPUT_SIZE})()
+    evaluate_module.predict_class(spy, data, batch_size=3, progress=False, desc="")
+    np.testing.assert_array_equal(np.concatenate(spy.seen), expected)
 
 
 def test_training_dataset_and_inference_batch_agree_on_real_images():
