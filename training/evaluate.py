@@ -90,27 +90,30 @@ def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[st
     return report, arrays
 
 
-def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, threshold: float = 0.5,
-                overlays_per_class: int = 4) -> list[Path]:
-    """PPAR distributions, the threshold sweep and an overlay grid, as PNGs in ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig, path: Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
-    written = []
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_ppar_distributions(arrays: dict[str, Any], split: str, threshold: float, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
     for ax, (cls, a) in zip(axes[0], arrays.items()):
         values = 100 * np.array([ppar(p >= threshold) for p in a["inf"]])
         ax.hist(values, bins=40, range=(0, max(1.0, float(values.max()) if values.size else 1.0)), color="tab:red")
         ax.set(title=f"{cls} (n={len(values)})", xlabel=f"PPAR % at threshold {threshold}", ylabel="images")
-    fig.suptitle(f"PPAR per image, {report['split']}")
-    fig.tight_layout()
-    written.append(out / "ppar_distributions.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    fig.suptitle(f"PPAR per image, {split}")
+    return _save(fig, path)
 
-    sweep = report["sweep"]
+
+def plot_threshold_sweep(sweep: list[dict[str, float]], split: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ts = [r["threshold"] for r in sweep]
     for key in ("precision", "recall", "dice", "iou"):
@@ -120,33 +123,42 @@ def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, thres
     for key in sweep[0]:
         if key.endswith("_ppar_p95"):
             ax2.plot(ts, [100 * r[key] for r in sweep], "--", label=f"{key.split('_')[0]} p95 PPAR %")
-    ax.set(xlabel="threshold", ylim=(0, 1), title=f"Threshold sweep, {report['split']}")
+    ax.set(xlabel="threshold", ylim=(0, 1), title=f"Threshold sweep, {split}")
     ax2.set(ylabel="p95 PPAR %")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
-    fig.tight_layout()
-    written.append(out / "threshold_sweep.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    return _save(fig, path)
 
-    rows = [(cls, i) for cls, a in arrays.items() for i in range(min(overlays_per_class, len(a["data"])))]
-    if rows:
-        fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
-        for r, (cls, i) in enumerate(rows):
-            a = arrays[cls]
-            img = a["data"].images[i]
-            gt = overlay_rgb(img, a["data"].infection[i], a["data"].lung[i])
-            pred = overlay_rgb(img, a["inf"][i] >= threshold, a["lung"][i] >= LUNG_THRESHOLD)
-            for c, (title, pic) in enumerate((("image", img), ("ground truth", gt), (f"prediction t={threshold}", pred))):
-                axes[r][c].imshow(pic, cmap="gray" if pic.ndim == 2 else None)
-                axes[r][c].set_title(f"{cls} {a['data'].samples[i].name}: {title}" if c == 0 else title, fontsize=8)
-                axes[r][c].axis("off")
-        fig.tight_layout()
-        written.append(out / "overlays.png")
-        fig.savefig(written[-1], dpi=80)
-        plt.close(fig)
-    return written
+
+def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    rows = [(cls, i) for cls, a in arrays.items() for i in range(min(per_class, len(a["data"])))]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for r, (cls, i) in enumerate(rows):
+        a = arrays[cls]
+        img = a["data"].images[i]
+        gt = overlay_rgb(img, a["data"].infection[i], a["data"].lung[i])
+        pred = overlay_rgb(img, a["inf"][i] >= threshold, a["lung"][i] >= LUNG_THRESHOLD)
+        for c, (title, pic) in enumerate((("image", img), ("ground truth", gt), (f"prediction t={threshold}", pred))):
+            axes[r][c].imshow(pic, cmap="gray" if pic.ndim == 2 else None)
+            axes[r][c].set_title(f"{cls} {a['data'].samples[i].name}: {title}" if c == 0 else title, fontsize=8)
+            axes[r][c].axis("off")
+    return _save(fig, path, dpi=80)
+
+
+def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, threshold: float = 0.5,
+                overlays_per_class: int = 4) -> list[Path]:
+    """PPAR distributions, the threshold sweep and an overlay grid, as PNGs in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = [plot_ppar_distributions(arrays, report["split"], threshold, out / "ppar_distributions.png"),
+               plot_threshold_sweep(report["sweep"], report["split"], out / "threshold_sweep.png"),
+               plot_overlays(arrays, threshold, overlays_per_class, out / "overlays.png")]
+    return [p for p in written if p is not None]
 
 
 def main(argv: list[str] | None = None) -> int:

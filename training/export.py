@@ -122,32 +122,14 @@ def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[
     return phases[::-1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Read before exporting: the replaced card is usually the one this export overwrites.
-    replaced = ModelCard.model_validate_json(args.replaces.read_text()) if args.replaces else None
-    net, state = load_checkpoint_model(args.checkpoint)
+def build_card(args: argparse.Namespace, state: dict[str, Any], max_diff: float, parity_images: int,
+               replaced: ModelCard | None, command: str) -> ModelCard:
+    """The card of a freshly exported graph: what it is, how it was trained and exported."""
     config = state["config"]
     size = int(config.get("image_size", INPUT_SIZE))
-    export_onnx(net, args.output, size, args.opset, {
-        "model_name": args.name, "model_version": args.version, "input_size": str(size),
-        "output_channels": ",".join(OUTPUT_CHANNELS),
-        "preprocessing": "8-bit grayscale, resized to 256x256, x/255, 2*(x-0.5), replicated to 3 channels",
-    })
-    data_root = args.data_root or Path(config.get("data_root") or default_data_root())
-    samples = limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images)
-    images = list(load_samples(samples, progress=False).images)
-    max_diff = parity_check(net, args.output, images, size)
-    print(f"parity on {len(images)} real Val images: max |onnx - torch| = {max_diff:.2e}")
-    if not max_diff < PARITY_TOLERANCE:
-        print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; "
-              f"removed {args.output}", file=sys.stderr)
-        args.output.unlink()  # never leave a graph that failed its check where it could be shipped
-        return 1
-
     history_file = args.checkpoint.parent / "history.json"
     history = json.loads(history_file.read_text()) if history_file.exists() else []
-    card = ModelCard.model_validate({
+    return ModelCard.model_validate({
         "name": args.name,
         "version": args.version,
         "file": args.output.name,
@@ -178,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             "history": history,
         },
         "export": {
-            "command": "python -m training.export " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": command,
             "opset": args.opset,
             "parity_max_abs_diff": max_diff,
-            "parity_images": len(images),
+            "parity_images": parity_images,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
         },
@@ -198,6 +180,33 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "citations": CITATIONS,
     })
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Read before exporting: the replaced card is usually the one this export overwrites.
+    replaced = ModelCard.model_validate_json(args.replaces.read_text()) if args.replaces else None
+    net, state = load_checkpoint_model(args.checkpoint)
+    config = state["config"]
+    size = int(config.get("image_size", INPUT_SIZE))
+    export_onnx(net, args.output, size, args.opset, {
+        "model_name": args.name, "model_version": args.version, "input_size": str(size),
+        "output_channels": ",".join(OUTPUT_CHANNELS),
+        "preprocessing": "8-bit grayscale, resized to 256x256, x/255, 2*(x-0.5), replicated to 3 channels",
+    })
+    data_root = args.data_root or Path(config.get("data_root") or default_data_root())
+    samples = limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images)
+    images = list(load_samples(samples, progress=False).images)
+    max_diff = parity_check(net, args.output, images, size)
+    print(f"parity on {len(images)} real Val images: max |onnx - torch| = {max_diff:.2e}")
+    if not max_diff < PARITY_TOLERANCE:
+        print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; "
+              f"removed {args.output}", file=sys.stderr)
+        args.output.unlink()  # never leave a graph that failed its check where it could be shipped
+        return 1
+
+    card = build_card(args, state, max_diff, len(images), replaced,
+                      "python -m training.export " + " ".join(argv if argv is not None else sys.argv[1:]))
     card.save(args.output)
     print(f"wrote {args.output} and its card")
     return 0
