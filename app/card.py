@@ -65,6 +65,8 @@ class Evaluation(BaseModel):
     lung_dice: dict[str, float]
     sweep: list[dict[str, float]] = Field(default_factory=list)
     command: str
+    tta: dict[str, dict[str, Any]] | None = Field(None, description="the same figures with test-time augmentation, "
+                                                                    "by mode (flip)")
 
 
 class ModelCard(BaseModel):
@@ -173,8 +175,18 @@ class ModelCard(BaseModel):
             for th, s in per_th.items():
                 lines.append(f"| {cls} | {th} | {_pct(s.get('mean'))} | {_pct(s.get('median'))} | "
                              f"{_pct(s.get('p95'))} | {_pct(s.get('any_positive_share'))} |")
-        return lines + ["", "Lung Dice (lung head, threshold 0.5): " +
-                        ", ".join(f"{c} {_f(v)}" for c, v in ev.lung_dice.items()), ""]
+        lines += ["", "Lung Dice (lung head, threshold 0.5): " +
+                  ", ".join(f"{c} {_f(v)}" for c, v in ev.lung_dice.items()), ""]
+        for mode, fig in (ev.tta or {}).items():
+            lines += [f"With test-time augmentation `{mode}` (from `{fig['command']}`):", "",
+                      "| threshold | COVID-19 Dice | IoU | Normal PPAR median | p95 | any positive |",
+                      "|---:|---:|---:|---:|---:|---:|"]
+            for th, m in fig["covid"].items():
+                n = fig["ppar"].get("Normal", {}).get(th, {})
+                lines.append(f"| {th} | {_f(m.get('dice'))} | {_f(m.get('iou'))} | {_pct(n.get('median'))} | "
+                             f"{_pct(n.get('p95'))} | {_pct(n.get('any_positive_share'))} |")
+            lines.append("")
+        return lines
 
     def _closing(self) -> list[str]:
         lines = ["## Limitations", "", *[f"- {x}" for x in self.limitations], ""] if self.limitations else []

@@ -1,5 +1,7 @@
 """Serving benchmark: starts the real server on loopback and measures
 
+0. model-only latency and throughput of each shipped graph (fp32, int8) with and without the
+   test-time flip, and their ratio to fp32 (``--variants-only`` stops here),
 1. model-only ONNX Runtime latency and throughput (batch 1, preprocessed 256x256 input),
 2. single-request end-to-end p50/p95 for a 256x256 PNG,
 3. throughput with 1, 4 and 8 concurrent clients,
@@ -26,7 +28,7 @@ import httpx
 import numpy as np
 
 from app.core.config import DEFAULT_MODEL_PATH
-from app.pipeline.infer import OnnxSegmenter
+from app.pipeline.infer import TTA_MODES, OnnxSegmenter, predict_with_tta
 from app.pipeline.preprocess import preprocess_batch
 from bench.results import write_section
 
@@ -44,20 +46,37 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def model_only(model_path: Path, runs: int) -> tuple[float, float]:
+def model_only(model_path: Path, runs: int, tta: str = "none") -> tuple[float, float]:
     from PIL import Image
 
     model = OnnxSegmenter(model_path, providers="CPUExecutionProvider")
     x = preprocess_batch([np.asarray(Image.open(SAMPLE).convert("L"))])
     for _ in range(3):
-        model.predict(x)
+        predict_with_tta(model, x, tta)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        model.predict(x)
+        predict_with_tta(model, x, tta)
         times.append(time.perf_counter() - t0)
     p50 = statistics.median(times)
     return p50, len(times) / sum(times)
+
+
+def variants(model_path: Path, runs: int) -> str:
+    """Model-only figures of the fp32 graph, its int8 sibling (when present), each with and without flip."""
+    int8 = model_path.with_name(f"{model_path.stem}-int8.onnx")
+    rows = []
+    for path in [model_path] + ([int8] if int8.exists() else []):
+        for tta in TTA_MODES:
+            p50, tput = model_only(path, runs, tta)
+            rows.append((path.name, tta, p50, tput))
+            print(f"{path.name} tta={tta}: p50 {1000 * p50:.1f} ms, {tput:.2f} img/s", flush=True)
+    base = rows[0][3]
+    return (f"## Model variants (`python -m bench.serve --variants-only --requests {runs}`)\n\n"
+            "Model-only ONNX Runtime, CPUExecutionProvider, batch 1, one 256x256 image back to back.\n\n"
+            "| graph | test-time flip | latency p50 | throughput | vs fp32 without flip |\n|---|---|---:|---:|---:|\n"
+            + "".join(f"| `{name}` | {tta} | {1000 * p50:.1f} ms | {tput:.2f} img/s | {tput / base:.2f}x |\n"
+                      for name, tta, p50, tput in rows))
 
 
 def rss_peak_kb(pid: int) -> int:
@@ -72,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
     p.add_argument("--requests", type=int, default=40, help="requests per measurement")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--variants-only", action="store_true", help="only the model-only table of fp32/int8 x flip")
     args = p.parse_args(argv)
     data = SAMPLE.read_bytes()
+
+    table = variants(args.model, args.requests)
+    print(table)
+    if not args.no_write:
+        write_section("variants", table)
+    if args.variants_only:
+        return 0
 
     mo_p50, mo_tput = model_only(args.model, args.requests)
     print(f"model only: p50 {1000 * mo_p50:.1f} ms, {mo_tput:.2f} img/s", flush=True)

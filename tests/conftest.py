@@ -43,7 +43,7 @@ def make_client(**overrides) -> TestClient:
     from app.core.config import Settings
     from app.main import create_app
 
-    settings = Settings(model_path=model_under_test(), **overrides)
+    settings = Settings(**{"model_path": model_under_test(), **overrides})
     return TestClient(create_app(settings))
 
 

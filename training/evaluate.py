@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from app.core.config import DEFAULT_MODEL_PATH
 from app.card import CardError, Evaluation, ModelCard
-from app.pipeline.infer import OnnxSegmenter
+from app.pipeline.infer import TTA_MODES, OnnxSegmenter, predict_with_tta
 from app.pipeline.postprocess import LUNG_THRESHOLD, ppar, resize_probability
 from app.pipeline.preprocess import preprocess_batch
 from app.pipeline.render import overlay_rgb
@@ -44,18 +44,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="at most this many images per class")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
-    p.add_argument("--update-card", action="store_true", help="write the figures into the model's card")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation (flip: mean with the mirrored image), as the service's tta=")
+    p.add_argument("--update-card", action="store_true",
+                   help="write the figures into the model's card (with --tta flip: as the card's TTA figures)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def predict_class(model: OnnxSegmenter, data: LoadedSamples, batch_size: int, progress: bool,
-                  desc: str) -> tuple[np.ndarray, np.ndarray]:
+                  desc: str, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Infection and lung probabilities at each image's own resolution: (N, H, W) float32 each."""
     inf, lung = [], []
     h, w = data.images.shape[1:]
     for i in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", disable=not progress):
-        probs = model.predict(preprocess_batch(list(data.images[i:i + batch_size]), model.info.input_size))
+        probs = predict_with_tta(model, preprocess_batch(list(data.images[i:i + batch_size]), model.info.input_size),
+                                 tta)
         for p in probs:
             inf.append(resize_probability(p[0], w, h))
             lung.append(resize_probability(p[1], w, h))
@@ -63,15 +67,15 @@ def predict_class(model: OnnxSegmenter, data: LoadedSamples, batch_size: int, pr
 
 
 def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[str], limit: int | None,
-             batch_size: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+             batch_size: int, progress: bool, tta: str = "none") -> tuple[dict[str, Any], dict[str, Any]]:
     """Compute the report; also returns the per-class arrays the plots need."""
     report: dict[str, Any] = {"split": split, "model": {"name": model.info.name, "version": model.info.version,
                                                         "sha256": model.info.sha256},
-                              "counts": {}, "covid": {}, "ppar": {}, "lung_dice": {}, "sweep": []}
+                              "tta": tta, "counts": {}, "covid": {}, "ppar": {}, "lung_dice": {}, "sweep": []}
     arrays: dict[str, Any] = {}
     for cls in classes:
         data = load_samples(limit_per_class(index_split(data_root, split, [cls]), limit), progress=progress)
-        inf, lung = predict_class(model, data, batch_size, progress, f"{split}/{cls}")
+        inf, lung = predict_class(model, data, batch_size, progress, f"{split}/{cls}", tta)
         arrays[cls] = {"data": data, "inf": inf, "lung": lung}
         report["counts"][cls] = len(data)
         report["lung_dice"][cls] = lung_dice(lung, data.lung)
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     model = OnnxSegmenter(args.model, providers="auto", intra_op_threads=args.threads)
     data_root = args.data_root or default_data_root()
     report, arrays = evaluate(model, data_root, args.split, args.classes, args.limit, args.batch_size,
-                              not args.no_progress)
+                              not args.no_progress, args.tta)
     command = "python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     report["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         except CardError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        card.evaluation = Evaluation(command=command, **{k: report[k] for k in (
-            "split", "counts", "covid", "ppar", "lung_dice", "sweep")})
+        figures = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep")}
+        if args.tta == "none":
+            card.evaluation = Evaluation(command=command, tta=card.evaluation.tta if card.evaluation else None,
+                                         **figures)
+        elif card.evaluation is None:
+            print("error: evaluate without --tta first: the TTA figures sit beside the plain ones", file=sys.stderr)
+            return 1
+        else:
+            card.evaluation.tta = {**(card.evaluation.tta or {}), args.tta: {**figures, "command": command}}
         card.save(args.model)
         print(f"updated the card of {args.model}")
     return 0

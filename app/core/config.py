@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model; its card is <model>.card.json beside it")
     verify_card: bool = Field(True, description="refuse to start when the model card does not describe the "
                                                 "model file (sha256); false only while developing")
+    tta: Literal["none", "flip"] = Field("none", description="default test-time augmentation: none, or flip "
+                                                             "(mean with the horizontal mirror; twice the compute)")
     providers: str = Field("auto", description="'auto' (CUDA when available, else CPU) or a comma list of ORT providers")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = default)")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+#: Test-time augmentation: none, or the mean of the image's and its horizontal mirror's probabilities.
+TTA_MODES = ("none", "flip")
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -49,6 +51,7 @@ class ModelInfo:
     version: str
     sha256: str
     input_size: int
+    quantization: str | None
     providers: tuple[str, ...]
 
 
@@ -82,6 +85,7 @@ class OnnxSegmenter:
             name=meta.get("model_name", path.stem),
             version=meta.get("model_version", "unknown"),
             sha256=file_sha256(path),
+            quantization=meta.get("quantization"),
             input_size=int(size) if isinstance(size, int) else int(meta.get("input_size", 256)),
             providers=tuple(self.session.get_providers()),
         )
@@ -91,3 +95,15 @@ class OnnxSegmenter:
         if batch.ndim != 4:
             raise ValueError(f"expected a batch (N, 3, H, W), got shape {batch.shape}")
         return self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+
+def predict_with_tta(model: OnnxSegmenter, batch: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Probabilities of a batch; with ``flip``, the mean over the image and its mirror (one model run of
+    twice the batch). Mirroring the input mirrors the answer exactly: the two terms trade places."""
+    if tta == "none":
+        return model.predict(batch)
+    if tta != "flip":
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    both = model.predict(np.concatenate([batch, batch[..., ::-1]]))
+    n = len(batch)
+    return (both[:n] + both[n:, ..., ::-1]) / 2

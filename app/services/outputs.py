@@ -25,6 +25,7 @@ class OutputSpec:
     threshold: float
     png: PngOutput = PngOutput.mask
     include: frozenset[PngOutput] = frozenset()
+    tta: str | None = None  # None: the service's default
 
     @staticmethod
     def parse_include(include: str | None) -> frozenset[PngOutput]:

@@ -18,7 +18,7 @@ from app.core.metrics import ServiceMetrics
 from app.pipeline.errors import PipelineError
 from app.pipeline.inputs import decode_upload
 from app.services.outputs import Finished, OutputSpec, finish
-from app.pipeline.infer import ModelLoadError, OnnxSegmenter
+from app.pipeline.infer import ModelLoadError, OnnxSegmenter, predict_with_tta
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation, postprocess
 from app.pipeline.preprocess import preprocess_batch
@@ -88,6 +88,7 @@ class SegmentationService:
     inference_concurrency: int = 1
     result_options: ResultOptions = field(default_factory=ResultOptions)
     max_pixels: int = 50_000_000
+    default_tta: str = "none"
     metrics: ServiceMetrics | None = None
     ready: bool = False
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
@@ -97,7 +98,7 @@ class SegmentationService:
         model = OnnxSegmenter(settings.model_path, providers=settings.providers,
                               intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads)
         return cls(model=model, card=load_card(settings, model.info.sha256), inference_concurrency=settings.inference_concurrency,
-                   result_options=settings.result_options(), max_pixels=settings.max_pixels)
+                   result_options=settings.result_options(), max_pixels=settings.max_pixels, default_tta=settings.tta)
 
     @property
     def default_threshold(self) -> float:
@@ -118,9 +119,10 @@ class SegmentationService:
     def model_ref(self) -> ModelRef:
         return ModelRef(**self.model_identity())
 
-    def segment_now(self, images: list[LoadedImage], threshold: float) -> list[Segmentation]:
+    def segment_now(self, images: list[LoadedImage], threshold: float, tta: str | None = None) -> list[Segmentation]:
         """The shared middle in the calling thread (the DICOM node's worker): preprocess, infer, postprocess."""
-        probs = self.model.predict(preprocess_batch([im.gray for im in images], self.input_size))
+        batch = preprocess_batch([im.gray for im in images], self.input_size)
+        probs = predict_with_tta(self.model, batch, tta or self.default_tta)
         return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
 
     def warm_up(self) -> None:
@@ -133,12 +135,13 @@ class SegmentationService:
             self.limiter = anyio.CapacityLimiter(self.inference_concurrency)
         return self.limiter
 
-    async def segment(self, images: list[LoadedImage], threshold: float,
-                      timings: Timings) -> list[Segmentation]:
+    async def segment(self, images: list[LoadedImage], threshold: float, timings: Timings,
+                      tta: str | None = None) -> list[Segmentation]:
         """Run the shared middle of the pipeline off the event loop; one batch for all images."""
         batch = await timings.run("preprocess", preprocess_batch, [im.gray for im in images], self.input_size)
         before = timings.inference
-        probs = await timings.run("inference", self.model.predict, batch, limiter=self._limiter())
+        probs = await timings.run("inference", predict_with_tta, self.model, batch, tta or self.default_tta,
+                                  limiter=self._limiter())
         if self.metrics is not None:
             self.metrics.record_run(len(images), (timings.inference - before) / 1000)
 
@@ -162,7 +165,7 @@ class SegmentationService:
         for upload in uploads:
             loaded.append(await self.decode(upload, timings))
             spec.check_input(loaded[-1])
-        segs = await self.segment(loaded, spec.threshold, timings)
+        segs = await self.segment(loaded, spec.threshold, timings, spec.tta)
         model = self.model_ref()
 
         def _finish() -> list[Finished]:

@@ -171,3 +171,33 @@ def test_ema_weights_are_the_ones_validated_and_kept(tmp_path: Path):
     assert train.main([*SMOKE, "--out", str(out), "--epochs", "2", "--ema-decay", "0.5", "--resume",
                        "--batch-size", "1"]) == 0
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
+def test_quantize_makes_an_int8_graph_with_its_own_card(exported: Path, tmp_path: Path):
+    from training import quantize
+
+    out = tmp_path / "toy-int8.onnx"
+    assert quantize.main(["--model", str(exported), "--output", str(out), "--data-root", str(FIXTURE_ROOT),
+                          "--calibration-images", "4"]) == 0
+    card, source = ModelCard.load(out), ModelCard.load(exported)
+    int8, fp32 = OnnxSegmenter(out), OnnxSegmenter(exported)
+    assert card.sha256 == int8.info.sha256 and card.export["quantized_from"]["sha256"] == source.sha256
+    assert int8.info.quantization and int8.info.name == "toy-int8" and card.evaluation is None
+    assert out.stat().st_size < exported.stat().st_size / 2
+    from app.pipeline.preprocess import preprocess_batch
+    from tests.conftest import fixture_images, read_gray
+
+    x = preprocess_batch([read_gray(p) for p in fixture_images("Val", "COVID-19")], 64)  # like calibration
+    assert np.abs(int8.predict(x) - fp32.predict(x)).mean() < 0.05
+
+
+def test_evaluate_with_flip_keeps_the_plain_figures_and_adds_its_own(exported: Path, tmp_path: Path):
+    args = ["--model", str(exported), "--data-root", str(FIXTURE_ROOT), "--no-progress", "--update-card"]
+    assert evaluate.main([*args, "--out", str(tmp_path / "plain")]) == 0
+    plain = ModelCard.load(exported).evaluation
+    assert evaluate.main([*args, "--out", str(tmp_path / "flip"), "--tta", "flip"]) == 0
+    card = ModelCard.load(exported)
+    assert card.evaluation.covid == plain.covid and set(card.evaluation.tta) == {"flip"}
+    report = json.loads((tmp_path / "flip" / "report.json").read_text())
+    assert report["tta"] == "flip" and card.evaluation.tta["flip"]["covid"] == report["covid"]
+    assert "test-time augmentation `flip`" in exported.with_suffix(".card.md").read_text()

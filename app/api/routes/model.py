@@ -19,7 +19,9 @@ async def model_card(service: ServiceDep) -> dict[str, Any]:
     return {
         **card,
         "loaded": {"name": info.name, "version": info.version, "sha256": info.sha256,
-                   "providers": list(info.providers), "input_size": info.input_size},
+                   "providers": list(info.providers), "input_size": info.input_size,
+                   "precision": "int8" if info.quantization else "fp32", "quantization": info.quantization,
+                   "tta_default": service.default_tta},
         "default_threshold": service.default_threshold,
         "severity_bins": severity_bins_doc(),
     }

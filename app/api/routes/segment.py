@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -28,6 +28,9 @@ FormatQuery = Annotated[OutputFormat | None, Query(
     description="json (default), png (an Accept: image/png header also selects it), dicom-seg (DICOM "
                 "Segmentation of infection and lung), dicom-sc (Secondary Capture of the overlay) or dicom-sr "
                 "(TID 1500 measurement report); the DICOM outputs for DICOM inputs only")]
+TtaQuery = Annotated[Literal["none", "flip"] | None, Query(
+    description="test-time augmentation: none, or flip (mean of the image's and its mirror's probabilities; "
+                "twice the compute); default from COVIDSEG_TTA")]
 OutputQuery = Annotated[PngOutput, Query(
     description="with format=png: mask (0/255), overlay, probability (8-bit) or lung (0/255); "
                 "at the input's width and height")]
@@ -62,10 +65,10 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
                   file: Annotated[UploadFile, File(description="PNG or JPEG (8/16-bit gray, RGB, RGBA, palette, "
                                                                "CMYK) or DICOM")],
                   threshold: ThresholdQuery = None, format: FormatQuery = None,
-                  output: OutputQuery = PngOutput.mask, include: IncludeQuery = None):
+                  output: OutputQuery = PngOutput.mask, include: IncludeQuery = None, tta: TtaQuery = None):
     if format is None:
         format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
-    spec = OutputSpec(format, service.threshold_or_default(threshold), output, OutputSpec.parse_include(include))
+    spec = OutputSpec(format, service.threshold_or_default(threshold), output, OutputSpec.parse_include(include), tta)
     timings = Timings()
     finished = (await service.process([await read_upload(file, settings)], spec, timings))[0]
     if finished.payload is not None:
@@ -79,12 +82,12 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
 async def segment_batch(request: Request, service: ServiceDep, settings: SettingsDep,
                         files: Annotated[list[UploadFile], File(description="several images, repeated multipart "
                                                                             "field 'files'")],
-                        threshold: ThresholdQuery = None, include: IncludeQuery = None):
+                        threshold: ThresholdQuery = None, include: IncludeQuery = None, tta: TtaQuery = None):
     if len(files) > settings.max_batch_files:
         raise PipelineError(Problem.TOO_LARGE, "too_many_files",
                             f"{len(files)} files sent; at most {settings.max_batch_files} per batch request")
-    spec = OutputSpec(OutputFormat.json, service.threshold_or_default(threshold), include=OutputSpec.parse_include(
-        include))
+    spec = OutputSpec(OutputFormat.json, service.threshold_or_default(threshold),
+                      include=OutputSpec.parse_include(include), tta=tta)
     timings = Timings()
     uploads = [await read_upload(f, settings, index=i) for i, f in enumerate(files)]
     finished = await service.process(uploads, spec, timings)
