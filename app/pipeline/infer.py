@@ -97,13 +97,24 @@ class OnnxSegmenter:
         return self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
 
 
-def predict_with_tta(model: OnnxSegmenter, batch: np.ndarray, tta: str = "none") -> np.ndarray:
-    """Probabilities of a batch; with ``flip``, the mean over the image and its mirror (one model run of
-    twice the batch). Mirroring the input mirrors the answer exactly: the two terms trade places."""
+def tta_expand(batch: np.ndarray, tta: str = "none") -> np.ndarray:
+    """What the model runs on: the batch, or with ``flip`` the batch followed by its mirrors."""
     if tta == "none":
-        return model.predict(batch)
+        return batch
     if tta != "flip":
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    both = model.predict(np.concatenate([batch, batch[..., ::-1]]))
-    n = len(batch)
-    return (both[:n] + both[n:, ..., ::-1]) / 2
+    return np.concatenate([batch, batch[..., ::-1]])
+
+
+def tta_merge(probs: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Back to one answer per image: with ``flip``, the mean of each image's and its mirror's answers,
+    mirrored back. Mirroring the input mirrors the answer exactly: the two terms trade places."""
+    if tta == "none":
+        return probs
+    n = len(probs) // 2
+    return (probs[:n] + probs[n:, ..., ::-1]) / 2
+
+
+def predict_with_tta(model: OnnxSegmenter, batch: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Probabilities of a batch, with test-time augmentation (one model run)."""
+    return tta_merge(model.predict(tta_expand(batch, tta)), tta)

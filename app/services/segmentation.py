@@ -18,7 +18,8 @@ from app.core.metrics import ServiceMetrics
 from app.pipeline.errors import PipelineError
 from app.pipeline.inputs import decode_upload
 from app.services.outputs import Finished, OutputSpec, finish
-from app.pipeline.infer import ModelLoadError, OnnxSegmenter, predict_with_tta
+from app.pipeline.infer import ModelLoadError, OnnxSegmenter, predict_with_tta, tta_expand, tta_merge
+from app.services.batcher import MicroBatcher
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation, postprocess
 from app.pipeline.preprocess import preprocess_batch
@@ -89,16 +90,22 @@ class SegmentationService:
     result_options: ResultOptions = field(default_factory=ResultOptions)
     max_pixels: int = 50_000_000
     default_tta: str = "none"
+    microbatch_max: int = 32
+    microbatch_wait: float = 0.0  # seconds; 0 runs every request alone
     metrics: ServiceMetrics | None = None
     ready: bool = False
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+    batcher: MicroBatcher | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SegmentationService":
         model = OnnxSegmenter(settings.model_path, providers=settings.providers,
                               intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads)
-        return cls(model=model, card=load_card(settings, model.info.sha256), inference_concurrency=settings.inference_concurrency,
-                   result_options=settings.result_options(), max_pixels=settings.max_pixels, default_tta=settings.tta)
+        return cls(model=model, card=load_card(settings, model.info.sha256),
+                   inference_concurrency=settings.inference_concurrency, result_options=settings.result_options(),
+                   max_pixels=settings.max_pixels, default_tta=settings.tta,
+                   microbatch_max=settings.microbatch_max_batch,
+                   microbatch_wait=settings.microbatch_wait_s(model.info.providers[0]))
 
     @property
     def default_threshold(self) -> float:
@@ -135,15 +142,22 @@ class SegmentationService:
             self.limiter = anyio.CapacityLimiter(self.inference_concurrency)
         return self.limiter
 
+    def _batcher(self) -> MicroBatcher:
+        if self.batcher is None:
+            metrics = self.metrics
+            self.batcher = MicroBatcher(self.model.predict, self.microbatch_max, self.microbatch_wait, self._limiter,
+                                        on_run=metrics.record_run if metrics else None,
+                                        on_wait=metrics.queue_wait.observe if metrics else None)
+        return self.batcher
+
     async def segment(self, images: list[LoadedImage], threshold: float, timings: Timings,
                       tta: str | None = None) -> list[Segmentation]:
         """Run the shared middle of the pipeline off the event loop; one batch for all images."""
         batch = await timings.run("preprocess", preprocess_batch, [im.gray for im in images], self.input_size)
-        before = timings.inference
-        probs = await timings.run("inference", predict_with_tta, self.model, batch, tta or self.default_tta,
-                                  limiter=self._limiter())
-        if self.metrics is not None:
-            self.metrics.record_run(len(images), (timings.inference - before) / 1000)
+        tta = tta or self.default_tta
+        t0 = time.perf_counter()
+        probs = tta_merge(await self._batcher().run(tta_expand(batch, tta)), tta)
+        timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
 
         def _post() -> list[Segmentation]:
             return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
