@@ -27,12 +27,27 @@ def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one():
     assert test in ci, "the README's test command must be the one .ci/run runs"
 
 
+def stage(name: str) -> str:
+    """The Dockerfile text of one build stage."""
+    return re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM |\Z)", DOCKERFILE, re.M | re.S).group(1)
+
+
 def test_dockerfile_installs_like_the_readme():
     serve, _ = readme_commands()
     install = re.search(r"\.venv/bin/pip install [^&]+", serve).group(0).strip()
-    assert install == ".venv/bin/pip install -e ."
-    # both images (CPU and GPU) install the project exactly as the README does
-    assert DOCKERFILE.count(install + " ") + DOCKERFILE.count(install + "\n") == 2
+    assert install == '.venv/bin/pip install -e ".[cpu]"'
+    assert install in stage("cpu")  # the CPU image installs the project exactly as the README does
+    assert '.venv/bin/pip install -e ".[gpu]"' in stage("gpu") and "[cpu]" not in stage("gpu")
+
+
+def test_gpu_stage_pins_agree_with_the_gpu_extra():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (gpu,) = extras["gpu"]
+    assert re.fullmatch(r"onnxruntime-gpu\[cuda,cudnn\]==\d+\.\d+\.\d+", gpu)  # pinned, CUDA libraries from pip
+    assert extras["cpu"] == ["onnxruntime>=1.18"]
+    # the image gets onnxruntime-gpu only through the extra, so its pin is the extra's
+    assert "onnxruntime" not in stage("gpu").replace('".[gpu]"', "")
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS gpu", DOCKERFILE, re.M)
 
 
 def test_dockerfile_copies_what_exists_and_serves_safely():
@@ -43,13 +58,13 @@ def test_dockerfile_copies_what_exists_and_serves_safely():
     assert re.search(r"^USER (?!root)\S+", DOCKERFILE, re.M)
     assert "EXPOSE 8000" in DOCKERFILE
     assert re.search(r"HEALTHCHECK .*\n?.*/ready", DOCKERFILE)
-    assert "AS gpu" in DOCKERFILE and "onnxruntime-gpu" in DOCKERFILE
+    assert "AS gpu" in DOCKERFILE and "AS cpu" in DOCKERFILE
     assert "FROM python:" in DOCKERFILE or "python:3.11-slim" in DOCKERFILE
 
 
-def test_service_install_has_no_torch():
+def test_service_install_has_no_torch_and_leaves_the_runtime_to_an_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert not [d for d in project["dependencies"] if d.startswith(("torch", "segmentation-models"))]
+    assert not [d for d in project["dependencies"] if d.startswith(("torch", "segmentation-models", "onnxruntime"))]
     assert "torch==2.14.1" in project["optional-dependencies"]["train"]
 
 

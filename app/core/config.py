@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.pipeline.dicom.common import KINDS as RESULT_KINDS
 from app.pipeline.dicom.common import ResultOptions
+from app.pipeline.infer import CudaOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_NAME = "covidseg-unet-r34"
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     tta: Literal["none", "flip"] = Field("none", description="default test-time augmentation: none, or flip "
                                                              "(mean with the horizontal mirror; twice the compute)")
     providers: str = Field("auto", description="'auto' (CUDA when available, else CPU) or a comma list of ORT providers")
+    cuda_device_id: int = Field(0, ge=0, description="CUDA: which GPU")
+    cuda_tf32: bool = Field(False, description="CUDA: TF32 convolutions (faster on Ampere and later, but CUDA "
+                                               "and CPU masks then differ); off by default")
+    cuda_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "HEURISTIC", description="CUDA: cuDNN convolution algorithm search")
+    cuda_memory_limit_mb: int = Field(0, ge=0, description="CUDA: memory arena limit in MB (0: none)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = default)")
     inference_concurrency: int = Field(1, ge=1, description="model runs at once (1 keeps the cores for one run)")
@@ -115,6 +122,9 @@ class Settings(BaseSettings):
         if unknown or not value:
             raise ValueError(f"choose one or more of {', '.join(RESULT_KINDS)}; got {', '.join(value) or 'none'}")
         return value
+
+    def cuda_options(self) -> CudaOptions:
+        return CudaOptions(self.cuda_device_id, self.cuda_tf32, self.cuda_conv_algo_search, self.cuda_memory_limit_mb)
 
     def microbatch_wait_s(self, provider: str) -> float:
         """The wait in seconds: the setting, or on for CUDA (where a batch of 32 is several times the

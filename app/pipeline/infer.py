@@ -6,12 +6,21 @@ The service, the evaluation command and the export check all run the model throu
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # the runtime is an extra, so that CPU and GPU builds never share a venv
+    raise ImportError('no ONNX Runtime installed: pip install -e ".[cpu]" (or ".[gpu]" for NVIDIA GPUs)') from exc
+
+log = logging.getLogger("app.infer")
 
 #: Test-time augmentation: none, or the mean of the image's and its horizontal mirror's probabilities.
 TTA_MODES = ("none", "flip")
@@ -23,16 +32,57 @@ class ModelLoadError(RuntimeError):
     """The model file is missing, unreadable or not the graph this product expects."""
 
 
+@dataclass(frozen=True)
+class CudaOptions:
+    """CUDA execution provider options (settings ``COVIDSEG_CUDA_*``)."""
+
+    device_id: int = 0
+    tf32: bool = False  # off: CUDA convolutions in full fp32, so CUDA and CPU masks agree
+    conv_algo_search: str = "HEURISTIC"  # EXHAUSTIVE, HEURISTIC or DEFAULT (cuDNN)
+    memory_limit_mb: int = 0  # 0: no limit on the CUDA memory arena
+
+    def as_provider_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"device_id": self.device_id, "use_tf32": int(self.tf32),
+                                   "cudnn_conv_algo_search": self.conv_algo_search}
+        if self.memory_limit_mb:
+            options["gpu_mem_limit"] = self.memory_limit_mb * 1024 * 1024
+        return options
+
+
+def cuda_device_count() -> int:
+    """NVIDIA GPUs the driver can use (0 without a driver or a device): what decides ``auto``,
+    since onnxruntime-gpu lists its CUDA provider whether or not there is a GPU."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def resolve_providers(requested: str | list[str] = "auto") -> list[str]:
-    """``auto``: CUDA when onnxruntime-gpu sees a GPU, else CPU; or an explicit comma list."""
+    """``auto``: CUDA when this onnxruntime has it *and* a GPU is usable, else CPU; or an explicit list."""
     available = ort.get_available_providers()
     if requested == "auto":
-        return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+        usable = CUDA_PROVIDER in available and cuda_device_count() > 0
+        return [CUDA_PROVIDER, CPU_PROVIDER] if usable else [CPU_PROVIDER]
     names = [p.strip() for p in (requested.split(",") if isinstance(requested, str) else requested) if p.strip()]
     missing = [p for p in names if p not in available]
     if missing:
         raise ModelLoadError(f"execution provider(s) {missing} not available; this onnxruntime has {available}")
     return names
+
+
+def provider_list(names: list[str], cuda: CudaOptions) -> list[str | tuple[str, dict[str, Any]]]:
+    """ONNX Runtime's providers argument: CUDA with its options."""
+    if CUDA_PROVIDER in names and hasattr(ort, "preload_dlls"):
+        try:  # CUDA and cuDNN from the nvidia-* pip packages of the gpu extra
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - system libraries may serve instead
+            log.warning("could not preload the CUDA libraries from pip packages: %s", exc)
+    return [(n, cuda.as_provider_options()) if n == CUDA_PROVIDER else n for n in names]
 
 
 def file_sha256(path: Path | str) -> str:
@@ -59,7 +109,7 @@ class OnnxSegmenter:
     """An ONNX Runtime session over the exported U-Net (input ``image``, output ``probabilities``)."""
 
     def __init__(self, path: Path | str, providers: str | list[str] = "auto",
-                 intra_op_threads: int = 0, inter_op_threads: int = 0):
+                 intra_op_threads: int = 0, inter_op_threads: int = 0, cuda: CudaOptions | None = None):
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
@@ -68,8 +118,8 @@ class OnnxSegmenter:
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=resolve_providers(providers))
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=provider_list(
+                resolve_providers(providers), cuda or CudaOptions()))
         except ModelLoadError:
             raise
         except Exception as exc:  # onnxruntime raises several private exception types

@@ -100,7 +100,8 @@ class SegmentationService:
     @classmethod
     def from_settings(cls, settings: Settings) -> "SegmentationService":
         model = OnnxSegmenter(settings.model_path, providers=settings.providers,
-                              intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads)
+                              intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
+                              cuda=settings.cuda_options())
         return cls(model=model, card=load_card(settings, model.info.sha256),
                    inference_concurrency=settings.inference_concurrency, result_options=settings.result_options(),
                    max_pixels=settings.max_pixels, default_tta=settings.tta,

@@ -1,0 +1,46 @@
+"""Provider resolution and CUDA options (the GPU build itself: tests/test_gpu_extra.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.config import Settings
+from app.pipeline import infer
+
+
+@pytest.mark.parametrize("available, gpus, expected", [
+    (["CPUExecutionProvider"], 0, ["CPUExecutionProvider"]),
+    (["CPUExecutionProvider"], 1, ["CPUExecutionProvider"]),  # a GPU, but the CPU build of ONNX Runtime
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], 0, ["CPUExecutionProvider"]),  # GPU build, no GPU
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], 2, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+])
+def test_auto_picks_cuda_only_when_a_gpu_is_usable(monkeypatch, available, gpus, expected):
+    monkeypatch.setattr(infer.ort, "get_available_providers", lambda: available)
+    monkeypatch.setattr(infer, "cuda_device_count", lambda: gpus)
+    assert infer.resolve_providers("auto") == expected
+
+
+def test_explicit_providers_must_exist():
+    assert infer.resolve_providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
+    with pytest.raises(infer.ModelLoadError, match="not available"):
+        infer.resolve_providers("CUDAExecutionProvider,CPUExecutionProvider")
+
+
+def test_no_gpu_here_means_no_cuda_device():
+    assert infer.cuda_device_count() == 0  # this machine and CI have no GPU
+
+
+def test_cuda_options_come_from_settings():
+    s = Settings(cuda_device_id=1, cuda_tf32=True, cuda_conv_algo_search="EXHAUSTIVE", cuda_memory_limit_mb=512)
+    listed = infer.provider_list(["CUDAExecutionProvider", "CPUExecutionProvider"], s.cuda_options())
+    assert listed == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 1, "cudnn_conv_algo_search": "EXHAUSTIVE",
+                                                 "gpu_mem_limit": 512 * 1024 * 1024}), "CPUExecutionProvider"]
+    default = infer.provider_list(["CUDAExecutionProvider"], Settings().cuda_options())[0][1]
+    assert default["use_tf32"] == 0 and "gpu_mem_limit" not in default  # TF32 off: CUDA agrees with CPU
+
+
+def test_microbatching_defaults_on_for_cuda_and_off_for_cpu():
+    assert Settings().microbatch_wait_s("CUDAExecutionProvider") > 0
+    assert Settings().microbatch_wait_s("CPUExecutionProvider") == 0
+    assert Settings(microbatch_wait_ms=0).microbatch_wait_s("CUDAExecutionProvider") == 0
+    assert Settings(microbatch_wait_ms=5).microbatch_wait_s("CPUExecutionProvider") == 0.005
