@@ -146,7 +146,7 @@ class SegmentationService:
     def _batcher(self) -> MicroBatcher:
         if self.batcher is None:
             metrics = self.metrics
-            self.batcher = MicroBatcher(self.model.predict, self.microbatch_max, self.microbatch_wait, self._limiter,
+            self.batcher = MicroBatcher(lambda batch: self.model.predict(batch), self.microbatch_max, self.microbatch_wait, self._limiter,
                                         on_run=metrics.record_run if metrics else None,
                                         on_wait=metrics.queue_wait.observe if metrics else None)
         return self.batcher
