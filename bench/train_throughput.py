@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import platform
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -17,15 +18,34 @@ from bench.results import write_section
 from training.losses import DiceBCELoss
 from training.model import build_model
 
+@dataclass(frozen=True)
+class Setting:
+    channels_last: bool = False
+    dtype: torch.dtype | None = None  # autocast dtype
+    compile: bool = False  # torch.compile (inductor)
+    onednn_fp32_precision: str = "none"  # "bf16": oneDNN runs fp32 convolutions in bf16 internally
+
+
 SETTINGS = {
-    "fp32 (plain, NCHW)": (False, None),
-    "fp32 + channels_last (training default on CPU)": (True, None),
-    "bf16 autocast + channels_last": (True, torch.bfloat16),
-    "bf16 autocast (NCHW)": (False, torch.bfloat16),
+    "fp32 (plain, NCHW)": Setting(),
+    "fp32 + channels_last (training default on CPU)": Setting(channels_last=True),
+    "bf16 autocast + channels_last": Setting(channels_last=True, dtype=torch.bfloat16),
+    "bf16 autocast (NCHW)": Setting(dtype=torch.bfloat16),
+    "fp32 + channels_last, oneDNN fp32_precision=bf16": Setting(channels_last=True, onednn_fp32_precision="bf16"),
+    "fp32 + channels_last + torch.compile": Setting(channels_last=True, compile=True),
+    "bf16 autocast + channels_last + torch.compile": Setting(channels_last=True, dtype=torch.bfloat16, compile=True),
 }
 
 
-def measure(channels_last: bool, dtype, steps: int, warmup: int, batch: int, size: int) -> float:
+def measure(setting: Setting, steps: int, warmup: int, batch: int, size: int) -> float:
+    torch.backends.mkldnn.fp32_precision = setting.onednn_fp32_precision
+    try:
+        return _measure(setting.channels_last, setting.dtype, setting.compile, steps, warmup, batch, size)
+    finally:
+        torch.backends.mkldnn.fp32_precision = "none"
+
+
+def _measure(channels_last: bool, dtype, compile: bool, steps: int, warmup: int, batch: int, size: int) -> float:
     torch.manual_seed(0)
     model = build_model()
     x = torch.randn(batch, 3, size, size)
@@ -36,6 +56,8 @@ def measure(channels_last: bool, dtype, steps: int, warmup: int, batch: int, siz
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = DiceBCELoss()
     model.train()
+    if compile:
+        model = torch.compile(model)  # the first (warm-up) steps pay for compilation
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -58,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    p.add_argument("--only", default="", help="only the settings whose name contains this")
     args = p.parse_args(argv)
     rows = []
     base = None
-    for name, (cl, dtype) in SETTINGS.items():
-        ips = measure(cl, dtype, args.steps, args.warmup, args.batch_size, args.image_size)
+    for name, setting in SETTINGS.items():
+        if args.only and args.only not in name:
+            continue
+        ips = measure(setting, args.steps, args.warmup, args.batch_size, args.image_size)
         base = base or ips
         rows.append((name, ips, ips / base))
         print(f"{name:50s} {ips:6.2f} img/s  {ips / base:4.2f}x", flush=True)

@@ -74,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: fp32 + channels_last on CPU (bf16 autocast measured slower on this "
-                        "project's CPU, see bench/RESULTS.md), fp16 AMP on CUDA")
+                   help="auto: fp16 AMP on CUDA; on CPU whichever of fp32 and bf16 autocast (both with "
+                        "channels_last) a short probe finds faster on this CPU (it differs by CPU: "
+                        "bench/RESULTS.md)")
     p.add_argument("--max-normal-p95", type=float, default=0.01,
                    help="selection: Normal Val p95 PPAR an epoch must stay under to be preferred")
     p.add_argument("--seed", type=int, default=0)
@@ -90,10 +91,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, size: int = INPUT_SIZE) -> str:
     if precision != "auto":
         return precision
-    return "fp16" if device.type == "cuda" else "fp32"
+    return "fp16" if device.type == "cuda" else faster_cpu_precision(size)
+
+
+def step_seconds(model: torch.nn.Module, precision: str, size: int, batch: int = 4, steps: int = 2) -> float:
+    """Seconds per training step of ``model`` (after one warm-up step), forward and backward."""
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        with autocast(torch.device("cpu"), precision):
+            out = model(x)
+        out.float().mean().backward()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def faster_cpu_precision(size: int) -> str:
+    """fp32 or bf16 autocast, by a few timed steps on a throw-away model: bf16 was 2.3x fp32 on one
+    of this project's machines and 0.97x on another (bench/RESULTS.md), so measure, don't guess."""
+    model = build_model().to(memory_format=torch.channels_last)
+    timed = {p: step_seconds(model, p, size) for p in ("fp32", "bf16")}
+    choice = min(timed, key=timed.get)
+    log.info("CPU precision probe: %s; training in %s",
+             ", ".join(f"{p} {1000 * t:.0f} ms/step" for p, t in timed.items()), choice)
+    return choice
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -297,7 +322,7 @@ def setup(args: argparse.Namespace, progress: bool) -> Run:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.image_size)
     data_root = args.data_root or default_data_root()
     train_data, val_data = load_data(args, data_root, progress)
     sampler, loader = make_loader(args, train_data)
