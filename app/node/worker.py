@@ -53,7 +53,10 @@ class SpoolWorker(threading.Thread):
     def run(self) -> None:
         while not self.stopping.is_set():
             self.woken.clear()
-            self.drain()
+            try:
+                self.drain()
+            except Exception as exc:  # noqa: BLE001 - a worker that dies would leave the spool unserved
+                log.error("%s stopped a pass (%s); trying again in %.0f s", self.name, type(exc).__name__, self.poll)
             self.woken.wait(self.poll)
 
     def drain(self) -> None:
@@ -76,7 +79,7 @@ class Segmenter(SpoolWorker):
     def segment(self, path: Path) -> None:
         try:
             results = self.results_of(path.read_bytes())
-        except (PipelineError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad image must not hold up the queue behind it
             reason = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}"
             log.warning("an instance could not be segmented (%s); kept in %s", reason, self.spool.failed)
             self.spool.set_aside(path, reason)
