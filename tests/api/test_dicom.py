@@ -132,6 +132,8 @@ def test_dicom_sc_is_an_rgb_overlay_in_a_new_series(service_client):
     assert rgb.shape == (256, 256, 3)
     red = (rgb[..., 0] > rgb[..., 1] + 40)
     assert red.any()  # infection tint present
+    yellow = (rgb[..., 0] > 180) & (rgb[..., 1] > 180) & (rgb[..., 2] < 100)
+    assert yellow[:40].any() and not yellow[:40, -3:].any()  # the summary is burned in, and fits the width
 
 
 def test_dicom_outputs_need_a_dicom_input(service_client):

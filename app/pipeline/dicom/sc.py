@@ -14,6 +14,7 @@ from app.pipeline.render import overlay_rgb
 
 KIND = "sc"
 #: General Series/Image attributes a viewer needs to hang the capture beside its source.
+MIN_TEXT_PX = 8
 COPIED_FROM_SOURCE = ("BodyPartExamined", "Laterality", "ImageLaterality", "ViewPosition")
 
 
@@ -23,12 +24,32 @@ def summary_line(ctx: ResultContext) -> str:
             f"{seg.severity}  t={seg.threshold:g}  {ctx.model.name} {ctx.model.version}  not for diagnosis")
 
 
+def fitted_lines(draw: ImageDraw.ImageDraw, text: str, width: int) -> tuple[list[str], ImageFont.ImageFont]:
+    """The summary in as few lines as fit ``width``: one line, smaller type, then two-space-separated
+    parts on further lines at the smallest type."""
+    size = max(MIN_TEXT_PX, draw.im.size[1] // 40)
+    while True:
+        font = ImageFont.load_default(size=size)
+        if draw.textlength(text, font=font) <= width or size == MIN_TEXT_PX:
+            break
+        size -= 1
+    lines: list[str] = []
+    for part in text.split("  "):
+        if lines and draw.textlength(f"{lines[-1]}  {part}", font=font) <= width:
+            lines[-1] = f"{lines[-1]}  {part}"
+        else:
+            lines.append(part)
+    return lines, font
+
+
 def burned_in_overlay(ctx: ResultContext) -> np.ndarray:
     image = Image.fromarray(overlay_rgb(ctx.gray, ctx.seg.infection_mask, ctx.seg.lung_mask))
-    size = max(10, image.height // 40)
     draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, image.width, size + 6), fill=(0, 0, 0))
-    draw.text((4, 3), summary_line(ctx), fill=(255, 255, 0), font=ImageFont.load_default(size=size))
+    lines, font = fitted_lines(draw, summary_line(ctx), image.width - 8)
+    step = font.size + 3
+    draw.rectangle((0, 0, image.width, step * len(lines) + 4), fill=(0, 0, 0))
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * step), line, fill=(255, 255, 0), font=font)
     return np.asarray(image)
 
 
