@@ -26,8 +26,33 @@ def test_explicit_providers_must_exist():
         infer.resolve_providers("CUDAExecutionProvider,CPUExecutionProvider")
 
 
-def test_no_gpu_here_means_no_cuda_device():
-    assert infer.cuda_device_count() == 0  # this machine and CI have no GPU
+class FakeDriver:
+    """libcuda's two calls that decide whether a GPU is usable."""
+
+    def __init__(self, init_status: int, devices: int):
+        self.init_status, self.devices = init_status, devices
+
+    def cuInit(self, flags):  # noqa: N802 - the driver's names
+        return self.init_status
+
+    def cuDeviceGetCount(self, count):  # noqa: N802
+        count._obj.value = self.devices
+        return 0
+
+
+@pytest.mark.parametrize("driver, expected", [
+    (None, 0),  # no libcuda.so.1: no driver
+    (FakeDriver(100, 0), 0),  # CUDA_ERROR_NO_DEVICE from cuInit
+    (FakeDriver(0, 2), 2),
+])
+def test_cuda_device_count_asks_the_driver(monkeypatch, driver, expected):
+    def load(name):
+        if driver is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return driver
+
+    monkeypatch.setattr(infer.ctypes, "CDLL", load)
+    assert infer.cuda_device_count() == expected
 
 
 def test_cuda_options_come_from_settings():
