@@ -5,7 +5,8 @@
 Every epoch uses all COVID-19 training images plus a fresh draw of Normal images at
 ``--normal-ratio`` (0.3 = about 3 Normal : 10 COVID); Non-COVID is never used.  After
 each epoch the model is scored on Val (COVID-19 Dice and Normal PPAR), ``last.pt`` is
-written (``--resume`` continues from it) and ``best.pt`` keeps the selected epoch:
+written (``--resume`` continues from it; a different ``--epochs`` then stretches or shortens
+the learning-rate schedule from the step reached) and ``best.pt`` keeps the selected epoch:
 the best COVID-19 Dice among epochs whose Normal p95 PPAR is under ``--max-normal-p95``.
 """
 
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-normal-p95", type=float, default=0.01,
                    help="selection: Normal Val p95 PPAR an epoch must stay under to be preferred")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/last.pt (a new --epochs re-plans the schedule from there)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p.parse_args(argv)
 
@@ -371,14 +373,30 @@ class Checkpointer:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scheduler is not None and state.get("scheduler"):
-            run.scheduler.load_state_dict(state["scheduler"])
+            restore_schedule(run, state)
         run.scaler.load_state_dict(state["scaler"])
         if run.ema is not None:
             run.ema.load_state_dict(state["ema"])
-        if "parent" in state["config"]:
-            run.config["parent"] = state["config"]["parent"]
+        for key in ("parent", "rescheduled"):  # facts about the run's past, not its arguments
+            if key in state["config"] and key not in run.config:
+                run.config[key] = state["config"][key]
         log.info("resumed from %s after epoch %d", self.last, state["epoch"])
         return state["history"], state["epoch"], tuple(state["best_key"]) if state.get("best_key") else None
+
+
+def restore_schedule(run: Run, state: dict[str, Any]) -> None:
+    """Continue the saved schedule; when ``--epochs`` changed on resume, continue the new schedule
+    (built for the new length) from the same step, so a run can be shortened or extended."""
+    saved_epochs = state["config"]["epochs"]
+    if saved_epochs == run.args.epochs:
+        run.scheduler.load_state_dict(state["scheduler"])
+        return
+    done = state["scheduler"]["last_epoch"]
+    run.scheduler._step_count = state["scheduler"]["_step_count"]  # past 1: no "step before optimizer" warning
+    run.scheduler.last_epoch = done - 1
+    run.scheduler.step()  # sets the optimizer's lr to the new schedule's value at step ``done``
+    run.config["rescheduled"] = {"after_epoch": state["epoch"], "from_epochs": saved_epochs}
+    log.info("schedule changed from %d to %d epochs after epoch %d", saved_epochs, run.args.epochs, state["epoch"])
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:

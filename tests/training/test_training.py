@@ -215,3 +215,17 @@ def test_step_seconds_times_a_real_step():
     from training.model import build_model
 
     assert 0 < train.step_seconds(build_model().to(memory_format=torch.channels_last), "bf16", 64, batch=1) < 60
+
+
+def test_resume_with_a_new_length_follows_the_new_schedule(tmp_path: Path):
+    """Shortening or extending a run on resume continues the new schedule from the same step."""
+    onecycle = [*SMOKE, "--schedule", "onecycle", "--lr", "1e-3"]
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    assert train.main([*onecycle, "--out", str(fresh), "--epochs", "3"]) == 0
+    assert train.main([*onecycle, "--out", str(resumed), "--epochs", "1"]) == 0
+    assert train.main([*onecycle, "--out", str(resumed), "--epochs", "3", "--resume"]) == 0
+    rates = [[h["lr"] for h in json.loads((out / "history.json").read_text())] for out in (fresh, resumed)]
+    assert rates[1][1:] == pytest.approx(rates[0][1:], rel=1e-6, abs=1e-12)
+    state = torch.load(resumed / "last.pt", weights_only=False)
+    assert state["scheduler"]["total_steps"] == torch.load(fresh / "last.pt", weights_only=False)["scheduler"]["total_steps"]
+    assert state["config"]["rescheduled"] == {"after_epoch": 1, "from_epochs": 1}
