@@ -37,3 +37,19 @@ def test_check_describes_compares_the_file_hash():
     card.check_describes(card.sha256)
     with pytest.raises(CardError, match="another file"):
         card.check_describes("f" * 64)
+
+
+def test_the_readme_quotes_the_shipped_card():
+    """The README's model figures are the card's, so replacing the model cannot leave them stale."""
+    card = ModelCard.load(SHIPPED_MODEL)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("<!-- model-figures -->")[1].split("\n## ")[0]
+    assert f"({card.version}, sha256 `{card.sha256[:16]}" in section
+
+    def pct(stats: dict) -> str:
+        return f"{100 * stats['median']:.2f}% / {100 * stats['p95']:.2f}%"
+
+    for th, m in card.evaluation.covid.items():
+        row = (f"| {th} | {m['precision']:.4f} | {m['recall']:.4f} | {m['dice']:.4f} | {m['iou']:.4f} | "
+               f"{pct(card.evaluation.ppar['Normal'][th])} | {pct(card.evaluation.ppar['Non-COVID'][th])} |")
+        assert row in section, row

@@ -101,7 +101,10 @@ def describe_recipe(config: dict[str, Any]) -> str:
             f"{config.get('optimizer')} lr {config.get('lr')} schedule {config.get('schedule')} "
             f"(warm-up {config.get('warmup_fraction')}), weight decay {config.get('weight_decay')}, "
             f"batch {config.get('batch_size')}, {size}x{size}, augmentation {AUGMENT_NAMES.get(config.get('augment'), config.get('augment'))}, "
-            f"precision {config.get('precision_resolved')}, device {config.get('device')}")
+            f"precision {config.get('precision_resolved')}, device {config.get('device')}"
+            + (f", EMA of the weights (decay {config['ema_decay']}) validated and exported" if config.get("ema_decay") else "")
+            + (f", schedule re-planned from {r['from_epochs']} to {config.get('epochs')} epochs after epoch "
+               f"{r['after_epoch']}" if (r := config.get("rescheduled")) else ""))
 
 
 def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[dict[str, Any]]:

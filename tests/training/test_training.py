@@ -229,3 +229,11 @@ def test_resume_with_a_new_length_follows_the_new_schedule(tmp_path: Path):
     state = torch.load(resumed / "last.pt", weights_only=False)
     assert state["scheduler"]["total_steps"] == torch.load(fresh / "last.pt", weights_only=False)["scheduler"]["total_steps"]
     assert state["config"]["rescheduled"] == {"after_epoch": 1, "from_epochs": 1}
+
+
+def test_the_card_recipe_names_the_weight_average_and_a_re_planned_schedule():
+    describe_recipe = export.describe_recipe
+    config = {"epochs": 25, "ema_decay": 0.999, "rescheduled": {"from_epochs": 30, "after_epoch": 11}}
+    recipe = describe_recipe(config)
+    assert "EMA of the weights (decay 0.999)" in recipe and "re-planned from 30 to 25 epochs after epoch 11" in recipe
+    assert "EMA" not in describe_recipe({"epochs": 8, "ema_decay": 0.0}) and "re-planned" not in describe_recipe({})
