@@ -232,8 +232,8 @@ def test_resume_with_a_new_length_follows_the_new_schedule(tmp_path: Path):
 
 
 def test_the_card_recipe_names_the_weight_average_and_a_re_planned_schedule():
-    describe_recipe = export.describe_recipe
     config = {"epochs": 25, "ema_decay": 0.999, "rescheduled": {"from_epochs": 30, "after_epoch": 11}}
-    recipe = describe_recipe(config)
+    recipe = export.describe_recipe(config)
     assert "EMA of the weights (decay 0.999)" in recipe and "re-planned from 30 to 25 epochs after epoch 11" in recipe
-    assert "EMA" not in describe_recipe({"epochs": 8, "ema_decay": 0.0}) and "re-planned" not in describe_recipe({})
+    assert "EMA" not in export.describe_recipe({"epochs": 8, "ema_decay": 0.0})
+    assert "re-planned" not in export.describe_recipe({})
