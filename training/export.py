@@ -102,6 +102,8 @@ def describe_recipe(config: dict[str, Any]) -> str:
             f"(warm-up {config.get('warmup_fraction')}), weight decay {config.get('weight_decay')}, "
             f"batch {config.get('batch_size')}, {size}x{size}, augmentation {AUGMENT_NAMES.get(config.get('augment'), config.get('augment'))}, "
             f"precision {config.get('precision_resolved')}, device {config.get('device')}"
+            + (f", from {p['name']} {p['version']} with BatchNorm statistics frozen"
+               if (p := config.get("parent") or {}).get("model") else "")
             + (f", EMA of the weights (decay {config['ema_decay']}) validated and exported" if config.get("ema_decay") else "")
             + (f", schedule re-planned from {r['from_epochs']} to {config.get('epochs')} epochs after epoch "
                f"{r['after_epoch']}" if (r := config.get("rescheduled")) else ""))
@@ -110,8 +112,8 @@ def describe_recipe(config: dict[str, Any]) -> str:
 def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[dict[str, Any]]:
     """Every training run that produced the weights, oldest first.
 
-    A run started with ``--init-from`` keeps its parent's config, so the chain can be
-    replayed from the card alone.
+    A run started with ``--init-from`` keeps its parent's config (a checkpoint) or its card's
+    phases (an exported model), so the chain can be replayed from the card alone.
     """
     phases = []
     current: dict[str, Any] | None = config
@@ -120,8 +122,9 @@ def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[
         phases.append({"command": current.get("command"), "recipe": describe_recipe(current),
                        "epochs": current.get("epochs"), "weights_from_epoch": epoch,
                        "images_per_epoch": current.get("images_per_epoch")})
-        parent = current.get("parent")
-        current, epoch = (parent["config"], parent.get("epoch")) if parent else (None, None)
+        parent = current.get("parent") or {}
+        phases.extend(parent.get("phases", [])[::-1])
+        current, epoch = parent.get("config"), parent.get("epoch")
     return phases[::-1]
 
 

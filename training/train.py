@@ -35,6 +35,8 @@ from training.dataset import AUGMENTATIONS, SegmentationDataset
 from training.losses import DiceBCELoss
 from training.scoring import infection_scores, lung_dice, ppar_scores
 from training.model import build_model
+from training.onnx_weights import freeze_batchnorm_statistics, load_onnx_weights
+from app.card import ModelCard
 
 log = logging.getLogger("training.train")
 TRAIN_CLASSES = ("COVID-19", "Normal")
@@ -59,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--negative-weight", type=float, default=1.0,
                    help="weight of the infection BCE on images with an empty infection mask (Normal)")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="start from the weights of this checkpoint (a second training phase); "
+                   help="start from the weights of this checkpoint or exported fp32 .onnx model, such as the "
+                        "shipped one (a further training phase; BatchNorm statistics stay frozen after an .onnx); "
                         "optimizer and schedule start afresh")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--encoder-weights", default="none", help="'none' (from scratch) or 'imagenet' (needs internet)")
@@ -311,12 +314,39 @@ def run_config(args: argparse.Namespace, data_root: Path, train_data: LoadedSamp
     return config
 
 
-def init_from_parent(model: torch.nn.Module, checkpoint: Path, device: torch.device, config: dict[str, Any]) -> None:
-    """A second phase: the parent's weights, and its config kept so the card shows every phase."""
-    parent = torch.load(checkpoint, map_location=device, weights_only=False)
-    model.load_state_dict(parent["model"])
-    config["parent"] = {"checkpoint": str(checkpoint), "epoch": parent.get("epoch"), "config": parent["config"]}
-    log.info("initialised from %s (epoch %s)", checkpoint, parent.get("epoch"))
+def init_from_parent(model: torch.nn.Module, parent: Path, device: torch.device, config: dict[str, Any]) -> None:
+    """A further phase: the parent's weights, and its record kept so the card shows every phase.
+
+    The parent is a checkpoint (``best.pt``) or an exported ONNX model such as the shipped one."""
+    if parent.suffix == ".onnx":
+        init_from_onnx(model, parent, device, config)
+        return
+    state = torch.load(parent, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    config["parent"] = {"checkpoint": str(parent), "epoch": state.get("epoch"), "config": state["config"]}
+    log.info("initialised from %s (epoch %s)", parent, state.get("epoch"))
+
+
+def init_from_onnx(model: torch.nn.Module, parent: Path, device: torch.device, config: dict[str, Any]) -> None:
+    card = ModelCard.load(parent)
+    diff = load_onnx_weights(model.to("cpu"), parent)
+    model.to(device)
+    config["parent"] = {"model": str(parent), "name": card.name, "version": card.version, "sha256": card.sha256,
+                        "phases": [p.model_dump(mode="json") for p in card.training.phases]}
+    log.info("initialised from %s %s (graph and network agree within %.1e)", card.name, card.version, diff)
+
+
+def freezes_batchnorm(config: dict[str, Any]) -> bool:
+    """Weights recovered from a graph (here or in an earlier phase) hold folded BatchNorms, whose
+    statistics must stay as they are (see training.onnx_weights)."""
+    while config is not None:
+        parent = config.get("parent")
+        if parent is None:
+            return False
+        if "model" in parent:
+            return True
+        config = parent.get("config")
+    return False
 
 
 def setup(args: argparse.Namespace, progress: bool) -> Run:
@@ -403,6 +433,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:
     """One pass over the recipe's images for this epoch; the mean loss and the speed."""
     run.sampler.set_epoch(epoch)
     run.model.train()
+    if freezes_batchnorm(run.config):
+        freeze_batchnorm_statistics(run.model)
     t0 = time.perf_counter()
     total, seen = 0.0, 0
     bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{run.args.epochs}", unit="batch", disable=not progress)

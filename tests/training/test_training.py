@@ -84,6 +84,23 @@ def test_init_from_starts_from_the_parent_weights_and_records_the_parent(trained
     assert "Phase 2 of 2" in model.with_suffix(".card.md").read_text()
 
 
+def test_init_from_an_exported_model_fine_tunes_it_with_frozen_batchnorm(exported: Path, tmp_path: Path):
+    out = tmp_path / "from-onnx"
+    # lr 0: the weights and the BatchNorm statistics stay the graph's only if the statistics are frozen
+    assert train.main([*SMOKE, "--out", str(out), "--epochs", "1", "--init-from", str(exported), "--lr", "0"]) == 0
+    model = tmp_path / "from-onnx.onnx"
+    assert export.main(["--checkpoint", str(out / "best.pt"), "--output", str(model), "--name", "toy",
+                        "--data-root", str(FIXTURE_ROOT), "--parity-images", "1"]) == 0
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    assert np.abs(OnnxSegmenter(model).predict(x) - OnnxSegmenter(exported).predict(x)).max() < 1e-4
+    parent, card = ModelCard.load(exported), ModelCard.load(model)
+    config = json.loads((out / "config.json").read_text())
+    assert config["parent"]["sha256"] == parent.sha256 and config["parent"]["version"] == "0.0.1"
+    assert [p.command for p in card.training.phases] == [*[p.command for p in parent.training.phases],
+                                                         config["command"]]
+    assert "from toy 0.0.1 with BatchNorm statistics frozen" in card.training.phases[-1].recipe
+
+
 def test_export_keeps_the_attempts_of_the_model_it_replaces(exported: Path, tmp_path: Path, trained: Path):
     old = ModelCard.load(exported).model_dump(mode="json")
     old["attempts"] = ["run 1: what it gave"]
