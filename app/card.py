@@ -65,6 +65,7 @@ class Evaluation(BaseModel):
     lung_dice: dict[str, float]
     sweep: list[dict[str, float]] = Field(default_factory=list)
     command: str
+    region_peak_threshold: float = Field(0.0, description="the region peak rule the figures were computed with")
     tta: dict[str, dict[str, Any]] | None = Field(None, description="the same figures with test-time augmentation, "
                                                                     "by mode (flip)")
 
@@ -83,6 +84,8 @@ class ModelCard(BaseModel):
     output: TensorSpec
     default_threshold: float = Field(ge=0, le=1)
     threshold_guidance: str = ""
+    region_peak_threshold: float = Field(0.0, ge=0, le=1, description="a predicted infection region is kept only "
+                                         "when its highest probability reaches this (0: every region)")
     intended_use: str = ""
     training: Training
     export: dict[str, Any] = Field(default_factory=dict)
@@ -140,6 +143,8 @@ class ModelCard(BaseModel):
                 f"- Architecture: {self.architecture}", f"- Input: {self.input.description}",
                 f"- Output: {self.output.description}",
                 f"- Default threshold: {self.default_threshold} ({self.threshold_guidance})",
+                *([f"- Region peak threshold: {self.region_peak_threshold} (at any threshold, a predicted infection "
+                   "region is kept only when its highest probability reaches it)"] if self.region_peak_threshold else []),
                 f"- Intended use: {self.intended_use}", ""]
 
     def _training(self) -> list[str]:
@@ -162,7 +167,9 @@ class ModelCard(BaseModel):
         ev = self.evaluation
         if ev is None:
             return []
-        lines = [f"## {ev.split} figures (from `{ev.command}`)", "", "COVID-19, pixel counts pooled over the split:",
+        rule = (f", regions kept only when they peak at {ev.region_peak_threshold} or more"
+                if ev.region_peak_threshold else "")
+        lines = [f"## {ev.split} figures (from `{ev.command}`{rule})", "", "COVID-19, pixel counts pooled over the split:",
                  "", "| threshold | precision | recall | Dice (F1) | IoU | mean per-image Dice |",
                  "|---:|---:|---:|---:|---:|---:|"]
         for th, m in ev.covid.items():

@@ -45,11 +45,14 @@ def test_the_readme_quotes_the_shipped_card():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("<!-- model-figures -->")[1].split("\n## ")[0]
     assert f"({card.version}, sha256 `{card.sha256[:16]}" in section
+    assert f"region peak threshold {card.region_peak_threshold:g}" in section
 
     def pct(stats: dict) -> str:
         return f"{100 * stats['median']:.2f}% / {100 * stats['p95']:.2f}%"
 
     for th, m in card.evaluation.covid.items():
+        normal = card.evaluation.ppar['Normal'][th]
         row = (f"| {th} | {m['precision']:.4f} | {m['recall']:.4f} | {m['dice']:.4f} | {m['iou']:.4f} | "
-               f"{pct(card.evaluation.ppar['Normal'][th])} | {pct(card.evaluation.ppar['Non-COVID'][th])} |")
+               f"{pct(normal)} | {100 * normal['any_positive_share']:.1f}% | "
+               f"{pct(card.evaluation.ppar['Non-COVID'][th])} |")
         assert row in section, row

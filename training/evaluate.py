@@ -23,7 +23,7 @@ from tqdm import tqdm
 from app.core.config import DEFAULT_MODEL_PATH
 from app.card import CardError, Evaluation, ModelCard
 from app.pipeline.infer import TTA_MODES, OnnxSegmenter, predict_with_tta
-from app.pipeline.postprocess import LUNG_THRESHOLD, ppar, resize_probability
+from app.pipeline.postprocess import LUNG_THRESHOLD, infection_mask, ppar, resize_probability
 from app.pipeline.preprocess import preprocess_batch
 from app.pipeline.render import overlay_rgb
 from training.data import CLASSES, LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation (flip: mean with the mirrored image), as the service's tta=")
+    p.add_argument("--region-peak-threshold", type=float, default=None,
+                   help="keep a predicted region only when its peak probability reaches this (default: the "
+                        "card's rule, as the service applies it; 0: every region)")
     p.add_argument("--update-card", action="store_true",
                    help="write the figures into the model's card (with --tta flip: as the card's TTA figures)")
     p.add_argument("--no-progress", action="store_true")
@@ -67,11 +70,14 @@ def predict_class(model: OnnxSegmenter, data: LoadedSamples, batch_size: int, pr
 
 
 def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[str], limit: int | None,
-             batch_size: int, progress: bool, tta: str = "none") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compute the report; also returns the per-class arrays the plots need."""
+             batch_size: int, progress: bool, tta: str = "none",
+             peak: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compute the report (masks under the region peak rule ``peak``); also returns the per-class
+    arrays the plots need."""
     report: dict[str, Any] = {"split": split, "model": {"name": model.info.name, "version": model.info.version,
                                                         "sha256": model.info.sha256},
-                              "tta": tta, "counts": {}, "covid": {}, "ppar": {}, "lung_dice": {}, "sweep": []}
+                              "tta": tta, "region_peak_threshold": peak, "counts": {}, "covid": {}, "ppar": {},
+                              "lung_dice": {}, "sweep": []}
     arrays: dict[str, Any] = {}
     for cls in classes:
         data = load_samples(limit_per_class(index_split(data_root, split, [cls]), limit), progress=progress)
@@ -79,17 +85,17 @@ def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[st
         arrays[cls] = {"data": data, "inf": inf, "lung": lung}
         report["counts"][cls] = len(data)
         report["lung_dice"][cls] = lung_dice(lung, data.lung)
-        report["ppar"][cls] = {str(t): ppar_scores(inf, t) for t in REPORT_THRESHOLDS}
+        report["ppar"][cls] = {str(t): ppar_scores(inf, t, peak) for t in REPORT_THRESHOLDS}
         if cls == "COVID-19":
-            report["covid"] = {str(t): infection_scores(inf, data.infection, t) for t in REPORT_THRESHOLDS}
+            report["covid"] = {str(t): infection_scores(inf, data.infection, t, peak) for t in REPORT_THRESHOLDS}
     for t in SWEEP:
         row: dict[str, float] = {"threshold": t}
         if "COVID-19" in arrays:
-            m = infection_scores(arrays["COVID-19"]["inf"], arrays["COVID-19"]["data"].infection, t)
+            m = infection_scores(arrays["COVID-19"]["inf"], arrays["COVID-19"]["data"].infection, t, peak)
             row.update({k: m[k] for k in ("precision", "recall", "dice", "iou")})
         for cls in arrays:
             if cls != "COVID-19":
-                row[f"{cls}_ppar_p95"] = ppar_scores(arrays[cls]["inf"], t)["p95"]
+                row[f"{cls}_ppar_p95"] = ppar_scores(arrays[cls]["inf"], t, peak)["p95"]
         report["sweep"].append(row)
     return report, arrays
 
@@ -103,12 +109,13 @@ def _save(fig, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def plot_ppar_distributions(arrays: dict[str, Any], split: str, threshold: float, path: Path) -> Path:
+def plot_ppar_distributions(arrays: dict[str, Any], split: str, threshold: float, path: Path,
+                            peak: float = 0.0) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
     for ax, (cls, a) in zip(axes[0], arrays.items()):
-        values = 100 * np.array([ppar(p >= threshold) for p in a["inf"]])
+        values = 100 * np.array([ppar(infection_mask(p, threshold, peak)) for p in a["inf"]])
         ax.hist(values, bins=40, range=(0, max(1.0, float(values.max()) if values.size else 1.0)), color="tab:red")
         ax.set(title=f"{cls} (n={len(values)})", xlabel=f"PPAR % at threshold {threshold}", ylabel="images")
     fig.suptitle(f"PPAR per image, {split}")
@@ -134,7 +141,8 @@ def plot_threshold_sweep(sweep: list[dict[str, float]], split: str, path: Path) 
     return _save(fig, path)
 
 
-def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path: Path) -> Path | None:
+def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path: Path,
+                  peak: float = 0.0) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = [(cls, i) for cls, a in arrays.items() for i in range(min(per_class, len(a["data"])))]
@@ -145,7 +153,7 @@ def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path
         a = arrays[cls]
         img = a["data"].images[i]
         gt = overlay_rgb(img, a["data"].infection[i], a["data"].lung[i])
-        pred = overlay_rgb(img, a["inf"][i] >= threshold, a["lung"][i] >= LUNG_THRESHOLD)
+        pred = overlay_rgb(img, infection_mask(a["inf"][i], threshold, peak), a["lung"][i] >= LUNG_THRESHOLD)
         for c, (title, pic) in enumerate((("image", img), ("ground truth", gt), (f"prediction t={threshold}", pred))):
             axes[r][c].imshow(pic, cmap="gray" if pic.ndim == 2 else None)
             axes[r][c].set_title(f"{cls} {a['data'].samples[i].name}: {title}" if c == 0 else title, fontsize=8)
@@ -159,10 +167,19 @@ def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, thres
     import matplotlib
 
     matplotlib.use("Agg")
-    written = [plot_ppar_distributions(arrays, report["split"], threshold, out / "ppar_distributions.png"),
+    peak = report.get("region_peak_threshold", 0.0)
+    written = [plot_ppar_distributions(arrays, report["split"], threshold, out / "ppar_distributions.png", peak),
                plot_threshold_sweep(report["sweep"], report["split"], out / "threshold_sweep.png"),
-               plot_overlays(arrays, threshold, overlays_per_class, out / "overlays.png")]
+               plot_overlays(arrays, threshold, overlays_per_class, out / "overlays.png", peak)]
     return [p for p in written if p is not None]
+
+
+def card_peak(model_path: Path) -> float:
+    """The region peak rule of the model's card, as the service applies it (0 without a card)."""
+    try:
+        return ModelCard.load(model_path).region_peak_threshold
+    except CardError:
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the Test split is held back for independent evaluation; select models on Val.", file=sys.stderr)
     model = OnnxSegmenter(args.model, providers="auto", intra_op_threads=args.threads)
     data_root = args.data_root or default_data_root()
+    peak = args.region_peak_threshold if args.region_peak_threshold is not None else card_peak(args.model)
     report, arrays = evaluate(model, data_root, args.split, args.classes, args.limit, args.batch_size,
-                              not args.no_progress, args.tta)
+                              not args.no_progress, args.tta, peak)
     command = "python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     report["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         except CardError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        figures = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep")}
+        figures = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep",
+                                          "region_peak_threshold")}
         if args.tta == "none":
             card.evaluation = Evaluation(command=command, tta=card.evaluation.tta if card.evaluation else None,
                                          **figures)

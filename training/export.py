@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--default-threshold", type=float, default=0.5)
+    p.add_argument("--region-peak-threshold", type=float, default=0.0,
+                   help="the card's region rule: keep a predicted region only when its peak reaches this")
     p.add_argument("--data-root", type=Path, default=None, help="where to take real images for the parity check")
     p.add_argument("--parity-images", type=int, default=4, help="images per class for the parity check")
     p.add_argument("--opset", type=int, default=17)
@@ -150,6 +152,7 @@ def build_card(args: argparse.Namespace, state: dict[str, Any], max_diff: float,
         "output": {"name": "probabilities", "shape": ["batch", 2, size, size], "channels": list(OUTPUT_CHANNELS),
                    "description": f"(N, 2, {size}, {size}) probabilities: channel 0 infection, channel 1 lung"},
         "default_threshold": args.default_threshold,
+        "region_peak_threshold": args.region_peak_threshold,
         "threshold_guidance": "0.5 conservative; 0.25 more sensitive on COVID-19 (source recipe's tuned point)",
         "intended_use": "Research and decision support on frontal chest X-rays; not a diagnostic device.",
         "training": {

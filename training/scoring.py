@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.pipeline.postprocess import LUNG_THRESHOLD, ppar
+from app.pipeline.postprocess import LUNG_THRESHOLD, infection_mask, ppar
 from training.metrics import Confusion, dice_score, ppar_summary
 
 
-def infection_scores(prob: np.ndarray, gt: np.ndarray, threshold: float) -> dict[str, float]:
+def infection_scores(prob: np.ndarray, gt: np.ndarray, threshold: float,
+                     region_peak_threshold: float = 0.0) -> dict[str, float]:
     """Images with annotated infection (COVID-19): confusion counts pooled over the images, their
     precision, recall, Dice and IoU, and the mean per-image Dice."""
-    pred = prob >= threshold
+    pred = [infection_mask(p, threshold, region_peak_threshold) for p in prob]
     conf = sum((Confusion.of(p, g) for p, g in zip(pred, gt)), Confusion())
     return {**conf.summary(), "mean_image_dice": float(np.mean([dice_score(p, g) for p, g in zip(pred, gt)]))}
 
 
-def ppar_scores(prob: np.ndarray, threshold: float) -> dict[str, float]:
+def ppar_scores(prob: np.ndarray, threshold: float, region_peak_threshold: float = 0.0) -> dict[str, float]:
     """Per-image predicted positive area ratios, summarised (mean, median, p95, share with any)."""
-    return ppar_summary([ppar(p >= threshold) for p in prob])
+    return ppar_summary([ppar(infection_mask(p, threshold, region_peak_threshold)) for p in prob])
 
 
 def lung_dice(prob: np.ndarray, gt: np.ndarray) -> float:

@@ -61,6 +61,8 @@ class SegmentResult(BaseModel):
     image: ImageInfo
     dicom: DicomIdentifiers | None = Field(None, description="for DICOM inputs: the source's UIDs")
     threshold: float = Field(description="infection decision threshold applied")
+    region_peak_threshold: float = Field(0.0, description="infection regions were kept only when their highest "
+                                                          "probability reached this (the model card's rule)")
     ppar: float = Field(description="predicted positive area ratio: infection pixels / all image pixels")
     infection_pixels: int
     lung_pixels: int

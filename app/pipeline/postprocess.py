@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 #: Lung field decision threshold (the lung head is not user-tunable).
 LUNG_THRESHOLD = 0.5
@@ -29,6 +30,20 @@ def ppar(mask: np.ndarray) -> float:
     """Predicted positive area ratio: the fraction of pixels predicted positive."""
     mask = np.asarray(mask)
     return float(np.count_nonzero(mask)) / float(mask.size) if mask.size else 0.0
+
+
+def infection_mask(prob: np.ndarray, threshold: float, region_peak_threshold: float = 0.0) -> np.ndarray:
+    """Pixels at or above ``threshold``, keeping only the connected regions (8-neighbour) whose highest
+    probability reaches ``region_peak_threshold`` (hysteresis thresholding). The model's false
+    positives on Normal lungs are faint blobs, not specks, so a size rule does not remove them and a
+    peak rule does (model card: attempts)."""
+    mask = prob >= threshold
+    if region_peak_threshold <= threshold or not mask.any():
+        return mask  # every region already peaks at or above the threshold
+    regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[regions[prob >= region_peak_threshold]] = True  # the regions holding a pixel at the peak
+    return keep[regions]
 
 
 def resize_probability(prob: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -66,6 +81,7 @@ class Segmentation:
     infection_mask: np.ndarray  # bool (H, W)
     lung_mask: np.ndarray  # bool (H, W)
     threshold: float
+    region_peak_threshold: float = 0.0
 
     @property
     def infection_pixels(self) -> int:
@@ -96,17 +112,20 @@ class Segmentation:
         return severity_grade(self.infected_lung_share, self.infection_pixels)
 
 
-def postprocess(probabilities: np.ndarray, width: int, height: int, threshold: float) -> Segmentation:
+def postprocess(probabilities: np.ndarray, width: int, height: int, threshold: float,
+                region_peak_threshold: float = 0.0) -> Segmentation:
     """Turn one network output (2, h, w) into a :class:`Segmentation` of size (height, width).
 
-    A pixel is infection when its probability is ``>= threshold``.
+    A pixel is infection when its probability is ``>= threshold`` and its region's peak reaches
+    ``region_peak_threshold`` (see :func:`infection_mask`).
     """
     if probabilities.ndim != 3 or probabilities.shape[0] != 2:
         raise ValueError(f"expected probabilities of shape (2, h, w), got {probabilities.shape}")
     inf = resize_probability(probabilities[0], width, height)
     return Segmentation(
         infection_probability=inf,
-        infection_mask=inf >= threshold,
+        infection_mask=infection_mask(inf, threshold, region_peak_threshold),
         lung_mask=resize_probability(probabilities[1], width, height) >= LUNG_THRESHOLD,
         threshold=threshold,
+        region_peak_threshold=region_peak_threshold,
     )

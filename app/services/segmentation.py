@@ -112,6 +112,11 @@ class SegmentationService:
     def default_threshold(self) -> float:
         return FALLBACK_THRESHOLD if self.card is None else self.card.default_threshold
 
+    @property
+    def region_peak_threshold(self) -> float:
+        """The model's region rule (its card); applied at every threshold."""
+        return 0.0 if self.card is None else self.card.region_peak_threshold
+
     def threshold_or_default(self, threshold: float | None) -> float:
         """The request's threshold, or the card's default when it gave none (resolved here only)."""
         return self.default_threshold if threshold is None else threshold
@@ -131,7 +136,7 @@ class SegmentationService:
         """The shared middle in the calling thread (the DICOM node's worker): preprocess, infer, postprocess."""
         batch = preprocess_batch([im.gray for im in images], self.input_size)
         probs = predict_with_tta(self.model, batch, tta or self.default_tta)
-        return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
+        return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold) for p, im in zip(probs, images)]
 
     def warm_up(self) -> None:
         """One inference so the first request does not pay for graph set-up; then ready."""
@@ -161,7 +166,7 @@ class SegmentationService:
         timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
 
         def _post() -> list[Segmentation]:
-            return [postprocess(p, im.width, im.height, threshold) for p, im in zip(probs, images)]
+            return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold) for p, im in zip(probs, images)]
 
         return await timings.run("postprocess", _post)
 

@@ -401,3 +401,18 @@ def test_openapi_documents_every_parameter(service_client):
 
 def test_model_under_test_is_the_shipped_one():
     assert model_under_test().name == "covidseg-unet-r34.onnx"
+
+
+def test_the_cards_region_rule_shapes_the_mask_at_any_threshold(service_client):
+    from app.pipeline.inputs import decode_upload
+    from app.pipeline.postprocess import infection_mask
+
+    client, service = service_client
+    rule = service.card.region_peak_threshold
+    assert client.get("/model").json()["region_peak_threshold"] == rule > 0.25  # the shipped card has one
+    data = COVID[0].read_bytes()
+    body = post(client, data, "?threshold=0.25").json()
+    assert body["region_peak_threshold"] == rule
+    seg = service.segment_now([decode_upload(data, service.max_pixels, "cxr.png", None)], 0.25)[0]
+    assert np.array_equal(seg.infection_mask, infection_mask(seg.infection_probability, 0.25, rule))
+    assert body["infection_pixels"] == seg.infection_pixels > 0

@@ -115,6 +115,11 @@ def test_sr_reads_back_with_the_json_figures(outputs: Outputs):
         assert ref.ReferencedSOPInstanceUID == seg.SOPInstanceUID and int(ref.ReferencedFrameNumber) == frame
     text = str(read(outputs.results["dicom-sr"]))  # the algorithm identification items
     assert "Algorithm Parameters" in text and "threshold=0.4" in text
+    rule = body["region_peak_threshold"]  # the card's region rule is part of the decision, so it is named too
+    texts = {e.value for e in read(outputs.results["dicom-sr"]).iterall() if e.keyword == "TextValue"}
+    assert rule > 0.4 and f"region_peak_threshold={rule:g}" in texts
+    params = read(outputs.results["dicom-seg"]).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert f"region_peak_threshold={rule:g}" in params.AlgorithmParameters
 
 
 def test_results_carry_series_identity(outputs: Outputs, service_client):

@@ -254,3 +254,21 @@ def test_the_card_recipe_names_the_weight_average_and_a_re_planned_schedule():
     assert "EMA of the weights (decay 0.999)" in recipe and "re-planned from 30 to 25 epochs after epoch 11" in recipe
     assert "EMA" not in export.describe_recipe({"epochs": 8, "ema_decay": 0.0})
     assert "re-planned" not in export.describe_recipe({})
+
+
+def test_evaluate_applies_the_cards_region_rule_and_records_it(exported: Path, tmp_path: Path):
+    model = tmp_path / "ruled.onnx"
+    model.write_bytes(exported.read_bytes())
+    card = ModelCard.load(exported)
+    card.region_peak_threshold = 1.0  # no region of the toy model peaks at 1: every mask is empty
+    card.save(model)
+    args = ["--model", str(model), "--data-root", str(FIXTURE_ROOT), "--no-progress"]
+    assert evaluate.main([*args, "--out", str(tmp_path / "plain"), "--region-peak-threshold", "0"]) == 0
+    assert evaluate.main([*args, "--out", str(tmp_path / "ruled"), "--update-card"]) == 0
+    plain, ruled = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("plain", "ruled"))
+    assert (plain["region_peak_threshold"], ruled["region_peak_threshold"]) == (0.0, 1.0)
+    assert plain["covid"]["0.25"]["tp"] + plain["covid"]["0.25"]["fp"] > 0
+    assert ruled["covid"]["0.25"]["tp"] + ruled["covid"]["0.25"]["fp"] == 0
+    assert ruled["ppar"]["Normal"]["0.25"]["any_positive_share"] == 0
+    assert ModelCard.load(model).evaluation.region_peak_threshold == 1.0
+    assert "regions kept only when they peak at 1.0" in model.with_suffix(".card.md").read_text()

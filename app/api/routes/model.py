@@ -23,6 +23,7 @@ async def model_card(service: ServiceDep) -> dict[str, Any]:
                    "precision": "int8" if info.quantization else "fp32", "quantization": info.quantization,
                    "tta_default": service.default_tta},
         "default_threshold": service.default_threshold,
+        "region_peak_threshold": service.region_peak_threshold,
         "severity_bins": severity_bins_doc(),
     }
 

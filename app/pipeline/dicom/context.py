@@ -31,6 +31,13 @@ class ResultContext:
     def gray(self) -> np.ndarray:
         return self.loaded.gray
 
+    def algorithm_parameters(self) -> dict[str, str]:
+        """The decision rule, for the results' algorithm identification."""
+        params = {"threshold": f"{self.seg.threshold:g}"}
+        if self.seg.region_peak_threshold > self.seg.threshold:
+            params["region_peak_threshold"] = f"{self.seg.region_peak_threshold:g}"
+        return params
+
     def identity(self, kind: str) -> ResultIdentity:
         return ResultIdentity.of(kind, self.source, self.model, self.seg.threshold)
 

@@ -17,7 +17,7 @@ INFECTION_SEGMENT, LUNG_SEGMENT = 1, 2
 def algorithm(ctx: ResultContext) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(name=ctx.model.name, family=codes.cid7162.ArtificialIntelligence,
                                               version=ctx.model.version,
-                                              parameters={"threshold": f"{ctx.seg.threshold:g}"})
+                                              parameters=ctx.algorithm_parameters())
 
 
 def segment_descriptions(ctx: ResultContext) -> list[hd.seg.SegmentDescription]:

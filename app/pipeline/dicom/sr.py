@@ -40,7 +40,7 @@ PIXELS = CodedConcept("{pixels}", "UCUM", "pixels")
 
 def algorithm_id(ctx: ResultContext) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=ctx.model.name, version=ctx.model.version,
-                                         parameters=[f"threshold={ctx.seg.threshold:g}"])
+                                         parameters=[f"{k}={v}" for k, v in ctx.algorithm_parameters().items()])
 
 
 def area(ctx: ResultContext, pixels: int) -> hd.sr.Measurement:

@@ -1,0 +1,45 @@
+"""Postprocess: the infection mask under the threshold and the region peak rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.pipeline.postprocess import infection_mask, postprocess
+
+
+def two_regions() -> np.ndarray:
+    """A faint region (peak 0.6) and a confident one (peak 0.9) on an empty 32x32 map."""
+    prob = np.zeros((32, 32), dtype=np.float32)
+    prob[2:8, 2:8] = 0.55
+    prob[4, 4] = 0.6
+    prob[20:28, 20:28] = 0.55
+    prob[24, 24] = 0.9
+    return prob
+
+
+def test_a_region_is_kept_only_when_its_peak_reaches_the_rule():
+    prob = two_regions()
+    mask = infection_mask(prob, 0.5, 0.7)
+    assert not mask[2:8, 2:8].any()  # the whole faint region goes, not only its pixels under 0.7
+    assert mask[20:28, 20:28].all() and mask.sum() == 64
+
+
+def test_without_a_rule_above_the_threshold_the_mask_is_the_threshold():
+    prob = two_regions()
+    for peak in (0.0, 0.5, 0.3):
+        assert np.array_equal(infection_mask(prob, 0.5, peak), prob >= 0.5)
+
+
+def test_diagonal_neighbours_are_one_region():
+    prob = np.zeros((8, 8), dtype=np.float32)
+    prob[2, 2], prob[3, 3] = 0.6, 0.95  # touch at a corner only
+    assert infection_mask(prob, 0.5, 0.9).sum() == 2
+
+
+def test_postprocess_applies_the_rule_at_the_image_size_and_records_it():
+    probs = np.stack([two_regions(), np.ones((32, 32), dtype=np.float32)])
+    seg = postprocess(probs, 64, 64, threshold=0.5, region_peak_threshold=0.7)
+    assert seg.region_peak_threshold == 0.7 and seg.infection_mask.shape == (64, 64)
+    assert not seg.infection_mask[:20, :20].any() and seg.infection_mask[42:54, 42:54].all()
+    plain = postprocess(probs, 64, 64, threshold=0.5)
+    assert plain.infection_pixels > seg.infection_pixels
