@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         except CardError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        if peak != card.region_peak_threshold:  # the card's figures are what the service delivers
+            print(f"error: --update-card needs the card's region rule ({card.region_peak_threshold:g}), not {peak:g}",
+                  file=sys.stderr)
+            return 1
         figures = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep",
                                           "region_peak_threshold")}
         if args.tta == "none":

@@ -264,6 +264,9 @@ def test_evaluate_applies_the_cards_region_rule_and_records_it(exported: Path, t
     card.save(model)
     args = ["--model", str(model), "--data-root", str(FIXTURE_ROOT), "--no-progress"]
     assert evaluate.main([*args, "--out", str(tmp_path / "plain"), "--region-peak-threshold", "0"]) == 0
+    # the card's figures are what the service delivers: under the card's own rule only
+    assert evaluate.main([*args, "--out", str(tmp_path / "plain"), "--region-peak-threshold", "0",
+                          "--update-card"]) == 1
     assert evaluate.main([*args, "--out", str(tmp_path / "ruled"), "--update-card"]) == 0
     plain, ruled = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("plain", "ruled"))
     assert (plain["region_peak_threshold"], ruled["region_peak_threshold"]) == (0.0, 1.0)
