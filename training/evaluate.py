@@ -174,6 +174,16 @@ def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, thres
     return [p for p in written if p is not None]
 
 
+def card_to_update(model_path: Path, sha256: str, peak: float | None) -> ModelCard:
+    """The card ``--update-card`` will write, checked before any work: it describes this file, and
+    its figures will be under its own region rule (what the service delivers)."""
+    card = ModelCard.load(model_path)
+    card.check_describes(sha256)
+    if peak is not None and peak != card.region_peak_threshold:
+        raise CardError(f"--update-card needs the card's region rule ({card.region_peak_threshold:g}), not {peak:g}")
+    return card
+
+
 def card_peak(model_path: Path) -> float:
     """The region peak rule of the model's card, as the service applies it (0 without a card)."""
     try:
@@ -182,48 +192,52 @@ def card_peak(model_path: Path) -> float:
         return 0.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.split.lower() == "test":
-        print("note: the Test split is held back for independent evaluation; select models on Val.", file=sys.stderr)
-    model = OnnxSegmenter(args.model, providers="auto", intra_op_threads=args.threads)
-    data_root = args.data_root or default_data_root()
-    peak = args.region_peak_threshold if args.region_peak_threshold is not None else card_peak(args.model)
-    report, arrays = evaluate(model, data_root, args.split, args.classes, args.limit, args.batch_size,
-                              not args.no_progress, args.tta, peak)
-    command = "python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    report["command"] = command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    plots = plot_report(report, arrays, args.out)
+def print_summary(report: dict[str, Any]) -> None:
     for cls, th in report["ppar"].items():
         print(f"{cls:10s} PPAR@0.5 median {100 * th['0.5']['median']:.3f}% p95 {100 * th['0.5']['p95']:.3f}%  "
               f"lung Dice {report['lung_dice'][cls]:.4f}")
     for t, m in report["covid"].items():
         print(f"COVID-19 @ {t}: precision {m['precision']:.4f} recall {m['recall']:.4f} Dice {m['dice']:.4f} "
               f"IoU {m['iou']:.4f} mean image Dice {m['mean_image_dice']:.4f}")
+
+
+def write_figures(card: ModelCard, report: dict[str, Any], tta: str) -> bool:
+    """The report's figures into ``card`` (plain, or as its TTA figures); False when that cannot be."""
+    figures = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep",
+                                      "region_peak_threshold")}
+    if tta == "none":
+        card.evaluation = Evaluation(command=report["command"], tta=card.evaluation.tta if card.evaluation else None,
+                                     **figures)
+    elif card.evaluation is None:
+        print("error: evaluate without --tta first: the TTA figures sit beside the plain ones", file=sys.stderr)
+        return False
+    else:
+        card.evaluation.tta = {**(card.evaluation.tta or {}), tta: {**figures, "command": report["command"]}}
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.split.lower() == "test":
+        print("note: the Test split is held back for independent evaluation; select models on Val.", file=sys.stderr)
+    model = OnnxSegmenter(args.model, providers="auto", intra_op_threads=args.threads)
+    try:
+        card = card_to_update(args.model, model.info.sha256, args.region_peak_threshold) if args.update_card else None
+    except CardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    peak = args.region_peak_threshold if args.region_peak_threshold is not None else card_peak(args.model)
+    report, arrays = evaluate(model, args.data_root or default_data_root(), args.split, args.classes, args.limit,
+                              args.batch_size, not args.no_progress, args.tta, peak)
+    report["command"] = "python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    plots = plot_report(report, arrays, args.out)
+    print_summary(report)
     print(f"wrote {args.out / 'report.json'} and {', '.join(p.name for p in plots)}")
-    if args.update_card:
-        try:
-            card = ModelCard.load(args.model)
-            card.check_describes(report["model"]["sha256"])
-        except CardError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+    if card is not None:
+        if not write_figures(card, report, args.tta):
             return 1
-        if peak != card.region_peak_threshold:  # the card's figures are what the service delivers
-            print(f"error: --update-card needs the card's region rule ({card.region_peak_threshold:g}), not {peak:g}",
-                  file=sys.stderr)
-            return 1
-        figures = {k: report[k] for k in ("split", "counts", "covid", "ppar", "lung_dice", "sweep",
-                                          "region_peak_threshold")}
-        if args.tta == "none":
-            card.evaluation = Evaluation(command=command, tta=card.evaluation.tta if card.evaluation else None,
-                                         **figures)
-        elif card.evaluation is None:
-            print("error: evaluate without --tta first: the TTA figures sit beside the plain ones", file=sys.stderr)
-            return 1
-        else:
-            card.evaluation.tta = {**(card.evaluation.tta or {}), args.tta: {**figures, "command": command}}
         card.save(args.model)
         print(f"updated the card of {args.model}")
     return 0

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 from torch import nn
 
+from app.pipeline.infer import OnnxSegmenter
 from training.model import ProbabilityModel
 
 #: Largest difference allowed between the graph and the recovered network on the same input.
@@ -66,10 +66,9 @@ def call_order(net: nn.Module, size: int) -> list[tuple[nn.Conv2d, nn.BatchNorm2
 def load_onnx_weights(net: nn.Module, model_path: Path) -> float:
     """Put the graph's weights into ``net`` (built with the same architecture); returns the largest
     difference between the two on a test image, after checking it is below the tolerance."""
-    graph = onnx.load(str(model_path))
-    size = graph.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
-    weights = conv_weights(graph)
-    pairs = call_order(net, size)
+    graph = OnnxSegmenter(model_path, providers="CPUExecutionProvider")
+    weights = conv_weights(onnx.load(str(model_path)))
+    pairs = call_order(net, graph.info.input_size)
     if len(weights) != len(pairs):
         raise OnnxWeightsError(f"{model_path.name} has {len(weights)} convolutions, the network {len(pairs)}")
     with torch.no_grad():
@@ -83,7 +82,7 @@ def load_onnx_weights(net: nn.Module, model_path: Path) -> float:
                 conv.bias.copy_(folded_bias)
             else:
                 _set_identity(norm, folded_bias)
-    return _check_recovery(net, model_path, size)
+    return _check_recovery(net, graph, model_path.name)
 
 
 def _set_identity(norm: nn.BatchNorm2d, shift: torch.Tensor) -> None:
@@ -93,15 +92,14 @@ def _set_identity(norm: nn.BatchNorm2d, shift: torch.Tensor) -> None:
     norm.bias.copy_(shift)
 
 
-def _check_recovery(net: nn.Module, model_path: Path, size: int) -> float:
+def _check_recovery(net: nn.Module, graph: OnnxSegmenter, name: str) -> float:
+    size = graph.info.input_size
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
     with torch.no_grad():
         got = ProbabilityModel(net).eval()(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(expected - got).max())
+    diff = float(np.abs(graph.predict(x) - got).max())
     if diff >= RECOVERY_TOLERANCE:
-        raise OnnxWeightsError(f"network from {model_path.name} differs from the graph by {diff:.2e}")
+        raise OnnxWeightsError(f"network from {name} differs from the graph by {diff:.2e}")
     return diff
 
 

@@ -69,7 +69,8 @@ def result_of(seg: Segmentation, loaded: LoadedImage, include: frozenset[PngOutp
         index=index,
         image=ImageInfo(width=loaded.width, height=loaded.height, format=loaded.format, mode=loaded.mode),
         dicom=DicomIdentifiers(**loaded.dicom.uids()) if loaded.dicom is not None else None,
-        threshold=seg.threshold, region_peak_threshold=seg.region_peak_threshold, ppar=seg.ppar, infection_pixels=seg.infection_pixels, lung_pixels=seg.lung_pixels,
+        threshold=seg.threshold, region_peak_threshold=seg.region_peak_threshold, ppar=seg.ppar,
+        infection_pixels=seg.infection_pixels, lung_pixels=seg.lung_pixels,
         lung_fraction=seg.lung_fraction, infected_lung_share=seg.infected_lung_share, severity=seg.severity,
         **embedded,
     )

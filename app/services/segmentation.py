@@ -136,7 +136,12 @@ class SegmentationService:
         """The shared middle in the calling thread (the DICOM node's worker): preprocess, infer, postprocess."""
         batch = preprocess_batch([im.gray for im in images], self.input_size)
         probs = predict_with_tta(self.model, batch, tta or self.default_tta)
-        return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold) for p, im in zip(probs, images)]
+        return self._postprocess(probs, images, threshold)
+
+    def _postprocess(self, probs: np.ndarray, images: list[LoadedImage], threshold: float) -> list[Segmentation]:
+        """Each image's masks at its own size, under the threshold and the card's region rule."""
+        return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold)
+                for p, im in zip(probs, images)]
 
     def warm_up(self) -> None:
         """One inference so the first request does not pay for graph set-up; then ready."""
@@ -165,10 +170,7 @@ class SegmentationService:
         probs = tta_merge(await self._batcher().run(tta_expand(batch, tta)), tta)
         timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
 
-        def _post() -> list[Segmentation]:
-            return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold) for p, im in zip(probs, images)]
-
-        return await timings.run("postprocess", _post)
+        return await timings.run("postprocess", self._postprocess, probs, images, threshold)
 
     async def decode(self, upload: Upload, timings: Timings) -> LoadedImage:
         try:

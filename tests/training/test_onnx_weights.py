@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
+from app.pipeline.infer import OnnxSegmenter
 from app.pipeline.preprocess import preprocess_batch
 from tests.conftest import SHIPPED_MODEL, fixture_images, read_gray
 from training.model import ProbabilityModel, build_model
 from training.onnx_weights import (RECOVERY_TOLERANCE, OnnxWeightsError, freeze_batchnorm_statistics,
                                    load_onnx_weights)
-
-
-def graph_output(model: Path, batch: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
 
 def test_the_shipped_graph_gives_back_a_network_that_computes_the_same_in_training_mode():
@@ -29,7 +23,7 @@ def test_the_shipped_graph_gives_back_a_network_that_computes_the_same_in_traini
     freeze_batchnorm_statistics(net)  # as training runs it
     with torch.no_grad():
         got = ProbabilityModel(net)(torch.from_numpy(batch)).numpy()
-    assert np.abs(got - graph_output(SHIPPED_MODEL, batch)).max() < RECOVERY_TOLERANCE
+    assert np.abs(got - OnnxSegmenter(SHIPPED_MODEL).predict(batch)).max() < RECOVERY_TOLERANCE
     net.train()  # without freezing, batch statistics replace the folded ones and the output changes
     with torch.no_grad():
         drifted = ProbabilityModel(net)(torch.from_numpy(batch)).numpy()
