@@ -13,8 +13,6 @@ the best COVID-19 Dice among epochs whose Normal p95 PPAR is under ``--max-norma
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import json
 import logging
 import math
@@ -29,14 +27,17 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch, resize_mask
+from app.pipeline.preprocess import INPUT_SIZE
+from training.checkpoint import Checkpointer
 from training.data import LoadedSamples, default_data_root, index_split, limit_per_class, load_samples, recipe_epoch_indices
 from training.dataset import AUGMENTATIONS, SegmentationDataset
+from training.history import plot_history, write_history
 from training.losses import DiceBCELoss
-from training.scoring import infection_scores, lung_dice, ppar_scores
 from training.model import build_model
-from training.onnx_weights import freeze_batchnorm_statistics, load_onnx_weights
-from app.card import ModelCard
+from training.onnx_weights import freeze_batchnorm_statistics
+from training.parent import freezes_batchnorm, init_from_parent
+from training.precision import autocast, resolve_device, resolve_precision
+from training.validation import selection_key, validate
 
 log = logging.getLogger("training.train")
 TRAIN_CLASSES = ("COVID-19", "Normal")
@@ -90,50 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device, size: int = INPUT_SIZE) -> str:
-    if precision != "auto":
-        return precision
-    return "fp16" if device.type == "cuda" else faster_cpu_precision(size)
-
-
-def step_seconds(model: torch.nn.Module, precision: str, size: int, batch: int = 4, steps: int = 2) -> float:
-    """Seconds per training step of ``model`` (after one warm-up step), forward and backward."""
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        with autocast(torch.device("cpu"), precision):
-            out = model(x)
-        out.float().mean().backward()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
-
-
-def faster_cpu_precision(size: int) -> str:
-    """fp32 or bf16 autocast, by a few timed steps on a throw-away model: bf16 was 2.3x fp32 on one
-    of this project's machines and 0.97x on another (bench/RESULTS.md), so measure, don't guess."""
-    model = build_model().to(memory_format=torch.channels_last)
-    timed = {p: step_seconds(model, p, size) for p in ("fp32", "bf16")}
-    choice = min(timed, key=timed.get)
-    log.info("CPU precision probe: %s; training in %s",
-             ", ".join(f"{p} {1000 * t:.0f} ms/step" for p, t in timed.items()), choice)
-    return choice
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (CPU or CUDA), fp16 AMP (CUDA), or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 class RecipeSampler(Sampler[int]):
     """Indices of one recipe epoch; deterministic per (seed, epoch), so ``--resume`` replays exactly."""
 
@@ -178,87 +135,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return None
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str,
-                   size: int, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """Logits (N, 2, size, size) float32 of ``model`` on uint8 images (N, H, W)."""
-    model.eval()
-    out = []
-    starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, desc="validating", unit="batch", leave=False, disable=not progress):
-        x = torch.from_numpy(preprocess_batch(list(images[i:i + batch_size]), size)).to(device)
-        with autocast(device, precision):
-            logits = model(x.contiguous(memory_format=torch.channels_last))
-        out.append(logits.float().cpu().numpy())
-    return np.concatenate(out)
-
-
-def validate(model: torch.nn.Module, val: LoadedSamples, device: torch.device, precision: str, size: int,
-             loss_fn: torch.nn.Module, threshold: float = 0.5, progress: bool = False) -> dict[str, float]:
-    """Val loss, COVID-19 global Dice/IoU/precision/recall, mean per-image Dice, Normal PPAR, lung Dice."""
-    logits = predict_logits(model, val.images, device, precision, size, progress=progress)
-    inf_gt = np.stack([resize_mask(m, size) for m in val.infection])
-    lung_gt = np.stack([resize_mask(m, size) for m in val.lung])
-    target = torch.from_numpy(np.stack([inf_gt, lung_gt], axis=1).astype(np.float32))
-    metrics: dict[str, float] = {"val_loss": float(loss_fn(torch.from_numpy(logits), target))}
-    probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
-    covid, normal = val.where("COVID-19"), val.where("Normal")
-    if len(covid):
-        scores = infection_scores(probs[covid, 0], inf_gt[covid], threshold)
-        metrics.update({f"covid_{k}": scores[k] for k in ("precision", "recall", "dice", "iou")})
-        metrics["covid_mean_image_dice"] = scores["mean_image_dice"]
-    if len(normal):
-        s = ppar_scores(probs[normal, 0], threshold)
-        metrics.update({"normal_ppar_median": s["median"], "normal_ppar_p95": s["p95"],
-                        "normal_any_positive_share": s["any_positive_share"]})
-    metrics["lung_dice"] = lung_dice(probs[:, 1], lung_gt)
-    return metrics
-
-
-def selection_key(metrics: dict[str, float], max_normal_p95: float) -> tuple[int, float]:
-    """Higher is better: epochs meeting the Normal PPAR bar first, then COVID-19 Dice."""
-    p95 = metrics.get("normal_ppar_p95", 0.0)
-    meets = int(p95 <= max_normal_p95)
-    return meets, metrics.get("covid_dice", 0.0) - (0.0 if meets else 10.0 * (p95 - max_normal_p95))
-
-
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss, Dice and Normal PPAR per epoch, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    axes[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val")
-    axes[0].set(title="Dice + BCE loss", xlabel="epoch")
-    axes[0].legend()
-    axes[1].plot(ep, [h.get("covid_dice", np.nan) for h in history], "o-", label="COVID-19 Dice (global, t=0.5)")
-    axes[1].plot(ep, [h.get("covid_mean_image_dice", np.nan) for h in history], "o-", label="COVID-19 mean per-image Dice")
-    axes[1].plot(ep, [h.get("lung_dice", np.nan) for h in history], "o-", label="lung Dice")
-    axes[1].set(title="Val Dice", xlabel="epoch", ylim=(0, 1))
-    axes[1].legend()
-    axes[2].plot(ep, [100 * h.get("normal_ppar_p95", np.nan) for h in history], "o-", label="p95")
-    axes[2].plot(ep, [100 * h.get("normal_ppar_median", np.nan) for h in history], "o-", label="median")
-    axes[2].axhline(1.0, color="grey", ls="--", label="1% bar")
-    axes[2].set(title="Val Normal PPAR (%)", xlabel="epoch")
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_history(history: list[dict[str, Any]], out: Path) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    keys = list(dict.fromkeys(k for h in history for k in h))
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
 
 
 @dataclass
@@ -314,41 +190,6 @@ def run_config(args: argparse.Namespace, data_root: Path, train_data: LoadedSamp
     return config
 
 
-def init_from_parent(model: torch.nn.Module, parent: Path, device: torch.device, config: dict[str, Any]) -> None:
-    """A further phase: the parent's weights, and its record kept so the card shows every phase.
-
-    The parent is a checkpoint (``best.pt``) or an exported ONNX model such as the shipped one."""
-    if parent.suffix == ".onnx":
-        init_from_onnx(model, parent, device, config)
-        return
-    state = torch.load(parent, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    config["parent"] = {"checkpoint": str(parent), "epoch": state.get("epoch"), "config": state["config"]}
-    log.info("initialised from %s (epoch %s)", parent, state.get("epoch"))
-
-
-def init_from_onnx(model: torch.nn.Module, parent: Path, device: torch.device, config: dict[str, Any]) -> None:
-    card = ModelCard.load(parent)
-    diff = load_onnx_weights(model.to("cpu"), parent)
-    model.to(device)
-    config["parent"] = {"model": str(parent), "name": card.name, "version": card.version, "sha256": card.sha256,
-                        "phases": [p.model_dump(mode="json") for p in card.training.phases]}
-    log.info("initialised from %s %s (graph and network agree within %.1e)", card.name, card.version, diff)
-
-
-def freezes_batchnorm(config: dict[str, Any]) -> bool:
-    """Weights recovered from a graph (here or in an earlier phase) hold folded BatchNorms, whose
-    statistics must stay as they are (see training.onnx_weights)."""
-    while config is not None:
-        parent = config.get("parent")
-        if parent is None:
-            return False
-        if "model" in parent:
-            return True
-        config = parent.get("config")
-    return False
-
-
 def setup(args: argparse.Namespace, progress: bool) -> Run:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -375,58 +216,6 @@ def setup(args: argparse.Namespace, progress: bool) -> Run:
                scheduler=make_scheduler(optimizer, args.schedule, args.epochs * len(loader), args.warmup_fraction,
                                         args.lr),
                scaler=torch.amp.GradScaler(enabled=precision == "fp16"), config=config)
-
-
-class Checkpointer:
-    """``last.pt`` after every epoch (all state, for ``--resume``) and ``best.pt`` for the selected
-    epoch (the scored weights, for export)."""
-
-    def __init__(self, out: Path):
-        self.last, self.best = out / "last.pt", out / "best.pt"
-
-    def save(self, run: Run, epoch: int, history: list[dict[str, Any]], best_key: tuple[int, float] | None,
-             metrics: dict[str, float], selected: bool) -> None:
-        if selected:
-            torch.save({"model": run.scored.state_dict(), "config": run.config, "epoch": epoch, "metrics": metrics},
-                       self.best)
-        torch.save({"model": run.model.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
-                    "optimizer": run.optimizer.state_dict(),
-                    "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-                    "scaler": run.scaler.state_dict(), "epoch": epoch, "history": history,
-                    "best_key": list(best_key) if best_key else None, "config": run.config}, self.last)
-
-    def resume(self, run: Run) -> tuple[list[dict[str, Any]], int, tuple[int, float] | None]:
-        """Restore ``run`` from ``last.pt``: (history, epochs done, best selection key)."""
-        if not self.last.exists():
-            raise SystemExit(f"--resume: no checkpoint at {self.last}")
-        state = torch.load(self.last, map_location=run.device, weights_only=False)
-        run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        if run.scheduler is not None and state.get("scheduler"):
-            restore_schedule(run, state)
-        run.scaler.load_state_dict(state["scaler"])
-        if run.ema is not None:
-            run.ema.load_state_dict(state["ema"])
-        for key in ("parent", "rescheduled"):  # facts about the run's past, not its arguments
-            if key in state["config"] and key not in run.config:
-                run.config[key] = state["config"][key]
-        log.info("resumed from %s after epoch %d", self.last, state["epoch"])
-        return state["history"], state["epoch"], tuple(state["best_key"]) if state.get("best_key") else None
-
-
-def restore_schedule(run: Run, state: dict[str, Any]) -> None:
-    """Continue the saved schedule; when ``--epochs`` changed on resume, continue the new schedule
-    (built for the new length) from the same step, so a run can be shortened or extended."""
-    saved_epochs = state["config"]["epochs"]
-    if saved_epochs == run.args.epochs:
-        run.scheduler.load_state_dict(state["scheduler"])
-        return
-    done = state["scheduler"]["last_epoch"]
-    run.scheduler._step_count = state["scheduler"]["_step_count"]  # past 1: no "step before optimizer" warning
-    run.scheduler.last_epoch = done - 1
-    run.scheduler.step()  # sets the optimizer's lr to the new schedule's value at step ``done``
-    run.config["rescheduled"] = {"after_epoch": state["epoch"], "from_epochs": saved_epochs}
-    log.info("schedule changed from %d to %d epochs after epoch %d", saved_epochs, run.args.epochs, state["epoch"])
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:

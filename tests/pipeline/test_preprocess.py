@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import training.evaluate as evaluate_module
-import training.train as train_module
+import training.validation as validation_module
 from app.pipeline import preprocess as pp
 from tests.conftest import FIXTURE_ROOT, fixture_images, read_gray
 from training.data import index_split, load_samples
@@ -58,7 +58,7 @@ def test_training_validation_and_evaluation_feed_the_model_the_same_arrays():
     data = load_samples(index_split(FIXTURE_ROOT, "Val", ["COVID-19", "Normal"]), progress=False)
     expected = pp.preprocess_batch(list(data.images))
     spy = Spy()
-    train_module.predict_logits(spy, data.images, torch.device("cpu"), "fp32", pp.INPUT_SIZE)
+    validation_module.predict_logits(spy, data.images, torch.device("cpu"), "fp32", pp.INPUT_SIZE)
     np.testing.assert_array_equal(np.concatenate(spy.seen), expected)
     spy = Spy()
     spy.info = type("Info", (), {"input_size": pp.INPUT_SIZE})()

@@ -220,20 +220,6 @@ def test_evaluate_with_flip_keeps_the_plain_figures_and_adds_its_own(exported: P
     assert "test-time augmentation `flip`" in exported.with_suffix(".card.md").read_text()
 
 
-@pytest.mark.parametrize("fp32, bf16, expected", [(2.0, 1.0, "bf16"), (1.0, 2.0, "fp32")])
-def test_auto_precision_on_cpu_takes_the_faster_of_fp32_and_bf16(monkeypatch, fp32, bf16, expected):
-    seconds = {"fp32": fp32, "bf16": bf16}
-    monkeypatch.setattr(train, "step_seconds", lambda model, precision, size: seconds[precision])
-    assert train.resolve_precision("auto", torch.device("cpu"), 64) == expected
-    assert train.resolve_precision("bf16", torch.device("cpu"), 64) == "bf16"  # asked for: no probe
-
-
-def test_step_seconds_times_a_real_step():
-    from training.model import build_model
-
-    assert 0 < train.step_seconds(build_model().to(memory_format=torch.channels_last), "bf16", 64, batch=1) < 60
-
-
 def test_resume_with_a_new_length_follows_the_new_schedule(tmp_path: Path):
     """Shortening or extending a run on resume continues the new schedule from the same step."""
     onecycle = [*SMOKE, "--schedule", "onecycle", "--lr", "1e-3"]
