@@ -47,7 +47,9 @@ def test_gpu_stage_pins_agree_with_the_gpu_extra():
     assert extras["cpu"] == ["onnxruntime>=1.18"]
     # the image gets onnxruntime-gpu only through the extra, so its pin is the extra's
     assert "onnxruntime" not in stage("gpu").replace('".[gpu]"', "")
-    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS gpu", DOCKERFILE, re.M)
+    # one Python base for both images (CUDA comes from the extra, not from a CUDA base image)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS base$", DOCKERFILE, re.M)
+    assert re.search(r"^FROM base AS gpu$", DOCKERFILE, re.M) and re.search(r"^FROM base AS cpu$", DOCKERFILE, re.M)
 
 
 def test_dockerfile_copies_what_exists_and_serves_safely():
@@ -55,7 +57,8 @@ def test_dockerfile_copies_what_exists_and_serves_safely():
         for part in src.split():
             assert (ROOT / part).exists(), f"COPY source {part} missing"
     assert "models/covidseg-unet-r34.onnx" in [p.relative_to(ROOT).as_posix() for p in (ROOT / "models").iterdir()]
-    assert re.search(r"^USER (?!root)\S+", DOCKERFILE, re.M)
+    for name in ("cpu", "gpu"):  # each image ends as the unprivileged service user
+        assert re.search(r"^USER (?!root)\S+", stage(name), re.M)
     assert "EXPOSE 8000" in DOCKERFILE
     assert re.search(r"HEALTHCHECK .*\n?.*/ready", DOCKERFILE)
     assert "AS gpu" in DOCKERFILE and "AS cpu" in DOCKERFILE
