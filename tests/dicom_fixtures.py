@@ -107,3 +107,21 @@ def _jpeg_baseline(ds: Dataset, gray: np.ndarray, photometric: str, window: bool
 
 def read(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def rle_overrunning_the_frame(png: Path) -> bytes:
+    """A 16-bit RLE DICOM whose two segments each decode to 128 bytes more than the frame holds: a
+    corrupt file that makes pylibjpeg-rle panic (a Rust ``PanicException``, not an ``Exception``)."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    ds = read(make_cxr_dicom(png, compress=RLELossless, bits=16))
+    runs = ds.Rows * ds.Columns // 128 + 1
+    segment = bytes([0x81, 0x00]) * runs  # each pair: "repeat the next byte 128 times"
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([header + segment + segment])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

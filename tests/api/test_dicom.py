@@ -14,7 +14,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from app.pipeline.dicom.read import load_dicom_bytes, looks_like_dicom
 from app.pipeline.errors import PipelineError, Problem
 from tests.conftest import fixture_images, read_gray
-from tests.dicom_fixtures import make_cxr_dicom, read
+from tests.dicom_fixtures import make_cxr_dicom, read, rle_overrunning_the_frame
 
 COVID = fixture_images("Val", "COVID-19")[0]
 
@@ -93,6 +93,14 @@ def test_bad_dicom_gets_a_clear_4xx(service_client):
     ds.save_as(buf)
     r = post(client, buf.getvalue())
     assert r.status_code == 422 and "no pixel data" in r.json()["detail"]
+
+
+def test_pixel_data_that_crashes_the_decoder_is_a_400_and_the_service_goes_on(service_client):
+    client, _ = service_client
+    r = post(client, rle_overrunning_the_frame(COVID), "?format=dicom-seg")
+    assert r.status_code == 400 and r.json()["code"] == "corrupt_dicom", r.text
+    assert "pixel data" in r.json()["detail"]
+    assert post(client, make_cxr_dicom(COVID, compress=RLELossless)).status_code == 200
 
 
 def test_dicom_seg_round_trips_and_equals_the_png_mask(service_client):

@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, SegmentationStorage, generate_uid
 
 from tests.conftest import fixture_images
-from tests.dicom_fixtures import make_cxr_dicom, read
+from tests.dicom_fixtures import make_cxr_dicom, read, rle_overrunning_the_frame
 from tests.servers import echo, free_port, node, orthanc, store
 
 COVID, NORMAL = fixture_images("Val", "COVID-19"), fixture_images("Val", "Normal")
@@ -92,13 +92,19 @@ def test_an_image_that_cannot_be_segmented_is_kept_aside_with_the_reason(tmp_pat
     ds.PixelData = ds.PixelData * 2
     buf = io.BytesIO()
     ds.save_as(buf)
+    sent = [write(tmp_path, "multi.dcm", buf.getvalue()),
+            write(tmp_path, "crash.dcm", rle_overrunning_the_frame(COVID[1])),  # panics the RLE decoder
+            write(tmp_path, "good.dcm", make_cxr_dicom(NORMAL[0]))]
     port, spool = free_port(), tmp_path / "spool"
     with node(spool, port, tmp_path / "node.log", COVIDSEG_NODE_DESTINATION="PACS@127.0.0.1:1"):
-        assert store(port, "MODALITY", [write(tmp_path, "multi.dcm", buf.getvalue())]).returncode == 0
-        wait_for(lambda: queued(spool, "failed"), what="set aside")
-    assert not queued(spool, "incoming") and not queued(spool, "outgoing")
-    assert "multi-frame" in next((spool / "failed").glob("*.reason.txt")).read_text()
-    assert read(queued(spool, "failed")[0].read_bytes()).SOPInstanceUID == ds.SOPInstanceUID  # nothing lost
+        assert store(port, "MODALITY", sent).returncode == 0
+        # the good image after the bad ones is still segmented (its results wait for the destination)
+        wait_for(lambda: len(queued(spool, "failed")) == 2 and queued(spool, "outgoing"), what="set aside")
+    assert not queued(spool, "incoming")
+    reasons = sorted(p.read_text() for p in (spool / "failed").glob("*.reason.txt"))
+    assert any("multi-frame" in r for r in reasons) and any("pixel data is truncated or corrupt" in r for r in reasons)
+    kept = {read(p.read_bytes()).SOPInstanceUID for p in queued(spool, "failed")}
+    assert kept == {read(p.read_bytes()).SOPInstanceUID for p in sent[:2]}  # nothing lost
 
 
 def test_results_by_stow_rs(tmp_path: Path):

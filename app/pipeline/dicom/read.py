@@ -8,11 +8,12 @@ baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through the pylibjpeg/pyjpegl
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from app.pipeline.errors import PipelineError, Problem
@@ -33,10 +34,29 @@ def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str
 
 def parse_dicom(data: bytes) -> pydicom.Dataset:
     """Parse Part 10 (or bare) DICOM bytes; a file that cannot be parsed is a 400."""
-    try:
+    with corrupt_unless_understood("the DICOM file cannot be parsed"):
         return pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", "the DICOM file cannot be parsed") from exc
+
+
+def is_decoder_panic(exc: BaseException) -> bool:
+    """Rust decoders (pylibjpeg-rle, through pyo3) raise ``PanicException`` on some corrupt data; it
+    derives from BaseException, so ``except Exception`` lets it through."""
+    return type(exc).__name__ == "PanicException"
+
+
+@contextmanager
+def corrupt_unless_understood(message: str) -> Iterator[None]:
+    """Inside: any failure to interpret the sender's bytes is a 400 ``corrupt_dicom``. pydicom reads
+    elements lazily and decoders fail in their own ways, so a corrupt file can surface as almost any
+    exception at almost any access; refusals already made (PipelineError) pass through."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not is_decoder_panic(exc):
+            raise  # KeyboardInterrupt, SystemExit: not the file's fault
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", message) from exc
 
 
 def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
@@ -71,14 +91,13 @@ def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
 
 
 def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
-    try:
-        return ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise PipelineError(Problem.UNSUPPORTED, "unsupported_transfer_syntax",
-                         f"cannot decode pixel data in transfer syntax {syntax}") from exc
-    except (ValueError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
-        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", "the DICOM pixel data is truncated or corrupt") from exc
+    with corrupt_unless_understood("the DICOM pixel data is truncated or corrupt"):
+        try:
+            return ds.pixel_array
+        except (NotImplementedError, RuntimeError) as exc:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+            raise PipelineError(Problem.UNSUPPORTED, "unsupported_transfer_syntax",
+                                f"cannot decode pixel data in transfer syntax {syntax}") from exc
 
 
 def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
@@ -110,4 +129,6 @@ def read_dicom(ds: pydicom.Dataset, max_pixels: int) -> LoadedImage:
 
 def load_dicom_bytes(data: bytes, max_pixels: int) -> LoadedImage:
     """Parse and read DICOM bytes (an upload, or a file the node received)."""
-    return read_dicom(parse_dicom(data), max_pixels)
+    ds = parse_dicom(data)
+    with corrupt_unless_understood("the DICOM file is corrupt: an attribute or the pixel data cannot be read"):
+        return read_dicom(ds, max_pixels)
