@@ -95,6 +95,31 @@ def test_bad_dicom_gets_a_clear_4xx(service_client):
     assert r.status_code == 422 and "no pixel data" in r.json()["detail"]
 
 
+def with_first_frame(data: bytes, change) -> bytes:
+    """``data`` with its encapsulated first frame replaced by ``change(frame)``."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = read(data)
+    ds.PixelData = encapsulate([change(next(generate_frames(ds.PixelData, number_of_frames=1)))])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_damaged_compressed_pixels_are_corrupt_and_an_unknown_syntax_is_unsupported(service_client):
+    client, _ = service_client
+    for compress in (JPEG2000Lossless, RLELossless, "jpeg-baseline"):  # syntaxes we decode, data cut short
+        r = post(client, with_first_frame(make_cxr_dicom(COVID, "DX", compress=compress), lambda f: f[:200]))
+        assert r.status_code == 400 and r.json()["code"] == "corrupt_dicom", (compress, r.text)
+    ds = read(make_cxr_dicom(COVID, compress=JPEG2000Lossless))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder here
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = post(client, buf.getvalue())
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_transfer_syntax"
+    assert "1.2.840.10008.1.2.4.100" in r.json()["detail"]
+
+
 def test_pixel_data_that_crashes_the_decoder_is_a_400_and_the_service_goes_on(service_client):
     client, _ = service_client
     r = post(client, rle_overrunning_the_frame(COVID), "?format=dicom-seg")

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
 from app.pipeline.errors import PipelineError, Problem
 from app.pipeline.load import DicomSource, LoadedImage, stretch_to_uint8
@@ -90,12 +90,22 @@ def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
     return photometric
 
 
+def can_decode(syntax: str) -> bool:
+    """Whether an installed pixel data plugin decodes this transfer syntax."""
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError, TypeError):
+        return False
+
+
 def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     with corrupt_unless_understood("the DICOM pixel data is truncated or corrupt"):
         try:
             return ds.pixel_array
         except (NotImplementedError, RuntimeError) as exc:
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+            syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "unknown")
+            if can_decode(syntax):  # a syntax we read, so its data is damaged (a 400, below)
+                raise
             raise PipelineError(Problem.UNSUPPORTED, "unsupported_transfer_syntax",
                                 f"cannot decode pixel data in transfer syntax {syntax}") from exc
 
