@@ -75,7 +75,9 @@ def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
 def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
     """Refuse what is not one usable frame; returns the photometric interpretation."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise PipelineError(Problem.INVALID, "no_pixel_data", "the DICOM file holds no pixel data (is it an image?)")
+        # a damaged length field also ends the parse early, before the pixel data: say both
+        raise PipelineError(Problem.INVALID, "no_pixel_data", "the DICOM file holds no pixel data: it is not an "
+                                                              "image, or it is damaged before its pixel data")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise PipelineError(Problem.INVALID, "multi_frame", f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported: "
                                              "send one frame per file")
