@@ -29,11 +29,18 @@ def error_response(status: int, code: str, detail: str, request: Request | None 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: What to do when an upload field is missing (a raw body, or another field name, is the usual cause).
+UPLOAD_HINTS = {"file": "send the image as multipart/form-data field 'file' (curl -F file=@image.png)",
+                "files": "send the images as repeated multipart/form-data fields 'files' "
+                         "(curl -F files=@a.png -F files=@b.png)"}
+
+
 def _describe(errors: list[dict]) -> str:
     parts = []
     for e in errors:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        hint = UPLOAD_HINTS.get(loc) if e.get("type") == "missing" else None
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" + (f": {hint}" if hint else ""))
     return "; ".join(parts) or "invalid request"
 
 

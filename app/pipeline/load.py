@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pydicom
 
 SUPPORTED_FORMATS = ("PNG", "JPEG")
-#: Pillow modes accepted, by family.
+SIGNATURES = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}  # the first bytes of each
 #: Wide grayscale, stretched from its own range; every other mode Pillow decodes is converted to "L".
 GRAY_WIDE = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
@@ -94,8 +94,12 @@ def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
     except Image.DecompressionBombError as exc:
         raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused before decoding: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
+        signed = next((fmt for fmt, magic in SIGNATURES.items() if data.startswith(magic)), None)
+        if signed:  # it says it is one, so it is damaged rather than of another kind
+            raise PipelineError(Problem.CORRUPT, "corrupt_image",
+                                f"the {signed} image is truncated or corrupt: its header cannot be read") from exc
         raise PipelineError(Problem.UNSUPPORTED, "not_an_image",
-                         "the file is not a supported image: send PNG, JPEG or DICOM") from exc
+                            "the file is not a supported image: send PNG, JPEG or DICOM") from exc
     with image:
         if image.format not in SUPPORTED_FORMATS:
             raise PipelineError(Problem.UNSUPPORTED, "unsupported_format",

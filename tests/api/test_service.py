@@ -216,6 +216,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     (b"", 400, "empty_file"),
     (b"just some text, not an image", 415, "not_an_image"),
     (None, 400, "corrupt_image"),  # truncated PNG
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00", 400, "corrupt_image"),  # a PNG cut inside its header
+    (b"\xff\xd8\xff\xe0\x00\x10JF", 400, "corrupt_image"),  # a JPEG cut inside its header
     (png_bytes(Image.new("L", (8, 8)), "GIF"), 415, "unsupported_format"),
     (_png_header_only(100_000, 100_000), 413, "too_many_pixels"),  # a bomb: refused from its header
 ])
@@ -238,9 +240,20 @@ def test_bad_parameters_get_422(service_client, params, fragment):
     assert r.status_code == 422 and fragment in r.json()["detail"]
 
 
-def test_missing_file_gets_422(service_client):
-    r = service_client[0].post("/segment")
-    assert r.status_code == 422 and "file" in r.json()["detail"]
+def test_missing_file_gets_422_saying_how_to_send_it(service_client):
+    client, _ = service_client
+    for sent in ({}, {"content": COVID[0].read_bytes(), "headers": {"content-type": "image/png"}},
+                 {"files": {"image": ("a.png", COVID[0].read_bytes())}}):  # nothing, a raw body, another field
+        r = client.post("/segment", **sent)
+        assert r.status_code == 422 and "multipart/form-data field 'file'" in r.json()["detail"], r.text
+    r = client.post("/segment/batch", files={"file": ("a.png", COVID[0].read_bytes())})
+    assert r.status_code == 422 and "fields 'files'" in r.json()["detail"]
+
+
+def test_a_second_file_is_refused_not_dropped(service_client):
+    files = [("file", (p.name, p.read_bytes())) for p in (COVID[0], NORMAL[0])]
+    r = service_client[0].post("/segment", files=files)
+    assert r.status_code == 422 and r.json()["code"] == "too_many_files" and "/segment/batch" in r.json()["detail"]
 
 
 def test_upload_and_pixel_limits():

@@ -46,6 +46,15 @@ async def read_upload(file: UploadFile, settings: Settings, index: int | None = 
     return Upload(data, file.filename, file.content_type, index)
 
 
+async def refuse_a_second_file(request: Request) -> None:
+    """``/segment`` answers for one image: a second part in field 'file' would be silently dropped."""
+    sent = (await request.form()).getlist("file")  # the form FastAPI parsed, cached by Starlette
+    if len(sent) > 1:
+        raise PipelineError(Problem.INVALID, "too_many_files",
+                            f"{len(sent)} files sent in field 'file'; /segment takes one: send several to "
+                            "/segment/batch in repeated fields 'files'")
+
+
 def binary_answer(finished: Finished, service: SegmentationService) -> Response:
     """A PNG or DICOM answer, with the key figures as headers."""
     seg = finished.seg
@@ -66,6 +75,7 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
                                                                "CMYK) or DICOM")],
                   threshold: ThresholdQuery = None, format: FormatQuery = None,
                   output: OutputQuery = PngOutput.mask, include: IncludeQuery = None, tta: TtaQuery = None):
+    await refuse_a_second_file(request)
     if format is None:
         format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
     spec = OutputSpec(format, service.threshold_or_default(threshold), output, OutputSpec.parse_include(include), tta)
