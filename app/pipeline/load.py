@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import pydicom
 
 SUPPORTED_FORMATS = ("PNG", "JPEG")
+#: Below this a radiograph shows nothing to segment (the model sees 256x256; the dataset's own
+#: images are 256 px, modalities send 2000-3000 px).
+MIN_IMAGE_SIDE = 64
 SIGNATURES = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}  # the first bytes of each
 #: Wide grayscale, stretched from its own range; every other mode Pillow decodes is converted to "L".
 GRAY_WIDE = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -83,6 +86,19 @@ def to_uint8_gray(image: Image.Image) -> np.ndarray:
                             f"image mode {image.mode} cannot be converted to grayscale") from exc
 
 
+def check_dimensions(width: int, height: int, max_pixels: int) -> None:
+    """Refuse, from the header, an image over the pixel limit or too small to be a chest X-ray."""
+    if width * height > max_pixels:
+        raise PipelineError(Problem.TOO_LARGE, "too_many_pixels",
+                            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+    if width < 1 or height < 1:
+        raise PipelineError(Problem.EMPTY, "empty_image", "the image has no pixels")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise PipelineError(Problem.INVALID, "image_too_small",
+                            f"image is {width}x{height}: a chest X-ray needs at least {MIN_IMAGE_SIDE} pixels "
+                            "on each side")
+
+
 def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
     """Decode a PNG or JPEG upload into a :class:`LoadedImage` (empty files are refused by
     :func:`app.pipeline.inputs.decode_upload`, before the format is known)."""
@@ -104,12 +120,7 @@ def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
         if image.format not in SUPPORTED_FORMATS:
             raise PipelineError(Problem.UNSUPPORTED, "unsupported_format",
                              f"image format {image.format} is not supported: send PNG, JPEG or DICOM")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise PipelineError(Problem.TOO_LARGE, "too_many_pixels",
-                             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
-        if width < 1 or height < 1:
-            raise PipelineError(Problem.EMPTY, "empty_image", "the image has no pixels")
+        check_dimensions(*image.size, max_pixels)
         if getattr(image, "n_frames", 1) > 1:
             raise PipelineError(Problem.UNSUPPORTED, "multi_frame", "multi-frame images are not supported: send one image per file")
         mode, fmt = image.mode, image.format

@@ -93,6 +93,8 @@ def test_bad_dicom_gets_a_clear_4xx(service_client):
     ds.save_as(buf)
     r = post(client, buf.getvalue())
     assert r.status_code == 422 and "no pixel data" in r.json()["detail"]
+    r = post(client, make_cxr_dicom(COVID, size=32))
+    assert r.status_code == 422 and r.json()["code"] == "image_too_small" and "32x32" in r.json()["detail"]
 
 
 def with_first_frame(data: bytes, change) -> bytes:

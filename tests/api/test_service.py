@@ -220,6 +220,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     (b"\xff\xd8\xff\xe0\x00\x10JF", 400, "corrupt_image"),  # a JPEG cut inside its header
     (png_bytes(Image.new("L", (8, 8)), "GIF"), 415, "unsupported_format"),
     (_png_header_only(100_000, 100_000), 413, "too_many_pixels"),  # a bomb: refused from its header
+    (png_bytes(Image.new("L", (4000, 1))), 422, "image_too_small"),  # no chest X-ray
+    (_png_header_only(63, 2000), 422, "image_too_small"),  # refused from its header
 ])
 def test_bad_files_get_a_clear_4xx(service_client, data, status, code):
     if data is None:

@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
 from app.pipeline.errors import PipelineError, Problem
-from app.pipeline.load import DicomSource, LoadedImage, stretch_to_uint8
+from app.pipeline.load import DicomSource, LoadedImage, check_dimensions, stretch_to_uint8
 
 DICOM_MEDIA_TYPE = "application/dicom"
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
@@ -81,10 +81,7 @@ def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise PipelineError(Problem.INVALID, "multi_frame", f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported: "
                                              "send one frame per file")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > max_pixels:
-        raise PipelineError(Problem.TOO_LARGE, "too_many_pixels",
-                         f"image is {cols}x{rows} = {rows * cols} pixels, over the limit of {max_pixels}")
+    check_dimensions(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), max_pixels)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise PipelineError(Problem.UNSUPPORTED, "unsupported_mode", f"photometric interpretation {photometric or 'missing'} "
