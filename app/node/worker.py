@@ -81,7 +81,9 @@ class Segmenter(SpoolWorker):
             results = self.results_of(path.read_bytes())
         except Exception as exc:  # noqa: BLE001 - one bad image must not hold up the queue behind it
             reason = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}"
-            log.warning("an instance could not be segmented (%s); kept in %s", reason, self.spool.failed)
+            # the reason file (owner-only) has the message; it may quote the file's values, the log does not
+            code = exc.code if isinstance(exc, PipelineError) else type(exc).__name__
+            log.warning("an instance could not be segmented (%s); kept in %s", code, self.spool.failed)
             self.spool.set_aside(path, reason)
             return
         for kind, data in results.items():

@@ -121,8 +121,8 @@ class Bridge:
                 try:
                     self.process(instance, summary)
                 except ServiceRefused as exc:
-                    log.warning("an instance was refused by the service (%s)", exc)
-                    log.debug("refused: SOP Instance UID %s", instance.sop_instance_uid)
+                    log.warning("an instance was refused by the service (%d %s)", exc.status, exc.code)
+                    log.debug("refused: SOP Instance UID %s: %s", instance.sop_instance_uid, exc.detail)
                     self.state.mark_failed(instance.sop_instance_uid, str(exc))
                     summary.failed[instance.sop_instance_uid] = str(exc)
                 except (RetryError, httpx.HTTPError) as exc:

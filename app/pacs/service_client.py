@@ -8,7 +8,13 @@ from app.pipeline.dicom.common import ModelRef
 
 
 class ServiceRefused(Exception):
-    """The service answered 4xx for an instance: that instance is bad, not the connection."""
+    """The service answered 4xx for an instance: that instance is bad, not the connection.
+
+    ``detail`` may quote the instance's own values, so logs at info level take ``status`` and ``code``."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -43,9 +49,9 @@ class ServiceClient:
                            files={"file": ("image.dcm", dicom, "application/dicom")})
         if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
             try:
-                detail = r.json().get("detail", r.text)
+                body = r.json()
             except ValueError:
-                detail = r.text
-            raise ServiceRefused(f"{r.status_code}: {detail}")
+                body = {}
+            raise ServiceRefused(r.status_code, body.get("code", "error"), body.get("detail", r.text))
         r.raise_for_status()
         return r.content

@@ -103,6 +103,9 @@ def test_an_image_that_cannot_be_segmented_is_kept_aside_with_the_reason(tmp_pat
     assert not queued(spool, "incoming")
     reasons = sorted(p.read_text() for p in (spool / "failed").glob("*.reason.txt"))
     assert any("multi-frame" in r for r in reasons) and any("pixel data is truncated or corrupt" in r for r in reasons)
+    log = (tmp_path / "node.log").read_text()  # codes only: a message may quote the file's values
+    assert "could not be segmented (multi_frame)" in log and "could not be segmented (corrupt_dicom)" in log
+    assert "multi-frame DICOM" not in log and "truncated or corrupt" not in log
     kept = {read(p.read_bytes()).SOPInstanceUID for p in queued(spool, "failed")}
     assert kept == {read(p.read_bytes()).SOPInstanceUID for p in sent[:2]}  # nothing lost
 

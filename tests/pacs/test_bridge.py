@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -161,7 +162,7 @@ def test_watch_processes_what_arrives_until_stopped(pacs, live_service, tmp_path
     assert read(arriving).SOPInstanceUID not in output and "DOE" not in output
 
 
-def test_bad_instance_is_skipped_and_recorded(pacs, live_service, tmp_path):
+def test_bad_instance_is_skipped_and_recorded(pacs, live_service, tmp_path, caplog):
     rest, _ = pacs
     study = generate_uid()
     ds = read(make_cxr_dicom(COVID[0], "CR", study_uid=study))
@@ -173,9 +174,12 @@ def test_bad_instance_is_skipped_and_recorded(pacs, live_service, tmp_path):
     good = make_cxr_dicom(COVID[0], "DX", study_uid=study)
     upload(rest, good)
     state = tmp_path / "state.json"
-    assert run_bridge(["--orthanc-url", rest], live_service, state, "--study", study, "--outputs", "seg") == 0
+    with caplog.at_level(logging.INFO, logger="app"):
+        assert run_bridge(["--orthanc-url", rest], live_service, state, "--study", study, "--outputs", "seg") == 0
     saved = json.loads(state.read_text())
-    assert "multi-frame" in saved["failed"][ds.SOPInstanceUID]
+    assert "multi-frame" in saved["failed"][ds.SOPInstanceUID]  # the service's detail, in the state file
+    # the log names the refusal by status and code; the detail, which may quote the file, stays out
+    assert "refused by the service (422 multi_frame)" in caplog.text and "multi-frame" not in caplog.text
     assert read(good).SOPInstanceUID in saved["processed"]
     assert results_in(rest, study)["SEG"] == [read(good).SOPInstanceUID]
 
