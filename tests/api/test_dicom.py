@@ -97,6 +97,17 @@ def test_bad_dicom_gets_a_clear_4xx(service_client):
     assert r.status_code == 422 and r.json()["code"] == "image_too_small" and "32x32" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("fmt", ["json", "dicom-seg", "dicom-sr"])
+def test_a_damaged_attribute_is_refused_when_read_not_met_by_a_writer(service_client, fmt):
+    """A value representation no DICOM has ('ZZ') on Patient's Name, which only the writers copy."""
+    data = make_cxr_dicom(COVID)
+    name_element = b"\x10\x00\x10\x00PN"  # (0010,0010) PN, explicit VR little endian
+    assert data.count(name_element) == 1
+    r = post(service_client[0], data.replace(name_element, name_element[:4] + b"ZZ"), f"?format={fmt}")
+    assert r.status_code == 400 and r.json()["code"] == "corrupt_dicom", r.text
+    assert "attribute (0010,0010)" in r.json()["detail"]
+
+
 def with_first_frame(data: bytes, change) -> bytes:
     """``data`` with its encapsulated first frame replaced by ``change(frame)``."""
     from pydicom.encaps import encapsulate, generate_frames

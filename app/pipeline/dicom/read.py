@@ -33,9 +33,22 @@ def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str
 
 
 def parse_dicom(data: bytes) -> pydicom.Dataset:
-    """Parse Part 10 (or bare) DICOM bytes; a file that cannot be parsed is a 400."""
+    """Parse Part 10 (or bare) DICOM bytes, every attribute; a file that cannot be parsed is a 400."""
     with corrupt_unless_understood("the DICOM file cannot be parsed"):
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    read_every_attribute(ds)
+    return ds
+
+
+def read_every_attribute(ds: pydicom.Dataset) -> None:
+    """pydicom converts a value on its first access: convert them all here, so that a damaged
+    attribute is refused by the read step and not met later by a writer copying it."""
+    for tag in list(ds.keys()):
+        with corrupt_unless_understood(f"the DICOM file is corrupt: attribute {tag} cannot be read"):
+            element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                read_every_attribute(item)
 
 
 def is_decoder_panic(exc: BaseException) -> bool:
