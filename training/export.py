@@ -130,13 +130,40 @@ def training_phases(config: dict[str, Any], selected_epoch: int | None) -> list[
     return phases[::-1]
 
 
+FROM_SCRATCH = "Trained from scratch (no ImageNet weights could be downloaded where it was trained)."
+#: What every card of this project says the model cannot claim.
+LIMITATIONS = [
+    "Trained and validated on COVID-QU-Ex only (256x256 PNGs derived from several public sources); "
+    "performance on other scanners, paediatric or lateral views is unknown.",
+    "Non-COVID pneumonia is not labelled in the data: infection predicted on non-COVID pneumonia is "
+    "not evaluated for correctness, only measured as PPAR.",
+    "Figures are on the Val split (used for model selection); the Test split is held back for "
+    "independent evaluation.",
+]
+
+
+def training_record(config: dict[str, Any], state: dict[str, Any], history_file: Path) -> dict[str, Any]:
+    """The card's training section: every phase, the run's config and its per-epoch history."""
+    return {
+        "phases": training_phases(config, state.get("epoch")),
+        "config": config,
+        "train_counts": config.get("train_counts"),
+        "val_counts": config.get("val_counts"),
+        "images_per_epoch": config.get("images_per_epoch"),
+        "normal_per_epoch": config.get("normal_per_epoch"),
+        "epochs": config.get("epochs"),
+        "selected_epoch": state.get("epoch"),
+        "selection": f"best Val COVID-19 Dice among epochs with Val Normal p95 PPAR <= {config.get('max_normal_p95')}",
+        "selected_epoch_val_metrics_pytorch": state.get("metrics"),
+        "history": json.loads(history_file.read_text()) if history_file.exists() else [],
+    }
+
+
 def build_card(args: argparse.Namespace, state: dict[str, Any], max_diff: float, parity_images: int,
                replaced: ModelCard | None, command: str) -> ModelCard:
     """The card of a freshly exported graph: what it is, how it was trained and exported."""
     config = state["config"]
     size = int(config.get("image_size", INPUT_SIZE))
-    history_file = args.checkpoint.parent / "history.json"
-    history = json.loads(history_file.read_text()) if history_file.exists() else []
     return ModelCard.model_validate({
         "name": args.name,
         "version": args.version,
@@ -155,19 +182,7 @@ def build_card(args: argparse.Namespace, state: dict[str, Any], max_diff: float,
         "region_peak_threshold": args.region_peak_threshold,
         "threshold_guidance": "0.5 conservative; 0.25 more sensitive on COVID-19 (source recipe's tuned point)",
         "intended_use": "Research and decision support on frontal chest X-rays; not a diagnostic device.",
-        "training": {
-            "phases": training_phases(config, state.get("epoch")),
-            "config": config,
-            "train_counts": config.get("train_counts"),
-            "val_counts": config.get("val_counts"),
-            "images_per_epoch": config.get("images_per_epoch"),
-            "normal_per_epoch": config.get("normal_per_epoch"),
-            "epochs": config.get("epochs"),
-            "selected_epoch": state.get("epoch"),
-            "selection": f"best Val COVID-19 Dice among epochs with Val Normal p95 PPAR <= {config.get('max_normal_p95')}",
-            "selected_epoch_val_metrics_pytorch": state.get("metrics"),
-            "history": history,
-        },
+        "training": training_record(config, state, args.checkpoint.parent / "history.json"),
         "export": {
             "command": command,
             "opset": args.opset,
@@ -178,15 +193,7 @@ def build_card(args: argparse.Namespace, state: dict[str, Any], max_diff: float,
         },
         "attempts": (replaced.attempts if replaced else []) + args.attempt,
         "replaces": {"version": replaced.version, "sha256": replaced.sha256} if replaced else None,
-        "limitations": [
-            "Trained from scratch (no ImageNet weights could be downloaded where it was trained).",
-            "Trained and validated on COVID-QU-Ex only (256x256 PNGs derived from several public sources); "
-            "performance on other scanners, paediatric or lateral views is unknown.",
-            "Non-COVID pneumonia is not labelled in the data: infection predicted on non-COVID pneumonia is "
-            "not evaluated for correctness, only measured as PPAR.",
-            "Figures are on the Val split (used for model selection); the Test split is held back for "
-            "independent evaluation.",
-        ],
+        "limitations": ([FROM_SCRATCH] if config.get("encoder_weights") in (None, "none", "") else []) + LIMITATIONS,
         "citations": CITATIONS,
     })
 

@@ -128,6 +128,7 @@ def test_export_matches_pytorch_and_writes_a_card(exported: Path, trained: Path)
     card = ModelCard.load(exported).model_dump(mode="json")
     assert card["export"]["parity_max_abs_diff"] < export.PARITY_TOLERANCE
     assert card["name"] == "toy" and card["training"]["selected_epoch"] == 1
+    assert card["limitations"] == [export.FROM_SCRATCH, *export.LIMITATIONS]  # trained with no encoder weights
     model = OnnxSegmenter(exported)
     assert card["sha256"] == model.info.sha256
     assert (model.info.name, model.info.version, model.info.input_size) == ("toy", "0.0.1", 64)
