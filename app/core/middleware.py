@@ -18,6 +18,53 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def declared_length(scope: Scope) -> int:
+    """The Content-Length header, 0 when absent or not a number."""
+    try:
+        return int(dict(scope.get("headers") or []).get(b"content-length", b"0"))
+    except ValueError:
+        return 0
+
+
+class _Exchange:
+    """One HTTP request passing through: its id, the body bytes received so far, the status answered."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int):
+        self.id = uuid.uuid4().hex
+        self._receive, self._send, self.limit = receive, send, limit
+        self.code, self.received = 500, 0
+        self.too_large = self.answered_413 = False
+
+    async def refuse_413(self) -> None:
+        body = json.dumps({"detail": f"request body is larger than the limit of {self.limit} bytes",
+                           "code": "payload_too_large", "request_id": self.id}).encode()
+        await self._send({"type": "http.response.start", "status": 413,
+                          "headers": [(b"content-type", b"application/json"),
+                                      (b"content-length", str(len(body)).encode()), (b"x-request-id", self.id.encode())]})
+        await self._send({"type": "http.response.body", "body": body})
+        self.code, self.answered_413 = 413, True
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.too_large = True
+                raise _BodyTooLarge()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.too_large:
+            # The app answered an aborted body (e.g. as a parse error): answer 413 instead, once.
+            if not self.answered_413:
+                await self.refuse_413()
+            return
+        if message["type"] == "http.response.start":
+            self.code = message["status"]
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", self.id.encode())]
+        await self._send(message)
+
+
 class RequestContextMiddleware:
     """Assigns ``X-Request-ID``, refuses bodies over ``max_body_bytes`` with 413 (by header, or
     while streaming, so an oversized upload is never read whole), and records metrics.
@@ -32,61 +79,18 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        exchange = _Exchange(receive, send, self.max_body_bytes)
+        scope.setdefault("state", {})["request_id"] = exchange.id
         start = time.perf_counter()
-        status = {"code": 500, "too_large": False, "sent": False}
-        limit = self.max_body_bytes
-
-        async def send_413() -> None:
-            body = json.dumps({"detail": f"request body is larger than the limit of {limit} bytes",
-                               "code": "payload_too_large", "request_id": request_id}).encode()
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                    (b"x-request-id", request_id.encode())]})
-            await send({"type": "http.response.body", "body": body})
-            status.update(code=413, sent=True)
-
-        headers = dict(scope.get("headers") or [])
-        try:
-            declared = int(headers.get(b"content-length", b"0"))
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            await send_413()
-            self._record(scope, 413, start, request_id)
-            return
-
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    status["too_large"] = True
-                    raise _BodyTooLarge()
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            if status["too_large"]:
-                # The app answered an aborted body (e.g. as a parse error): answer 413 instead, once.
-                if not status["sent"]:
-                    await send_413()
-                return
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not status["sent"]:
-                await send_413()
-        self._record(scope, status["code"], start, request_id)
+        if declared_length(scope) > self.max_body_bytes:
+            await exchange.refuse_413()
+        else:
+            try:
+                await self.app(scope, exchange.receive, exchange.send)
+            except _BodyTooLarge:
+                if not exchange.answered_413:
+                    await exchange.refuse_413()
+        self._record(scope, exchange.code, start, exchange.id)
 
     def _record(self, scope: Scope, code: int, start: float, request_id: str) -> None:
         route = scope.get("route")
