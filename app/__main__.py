@@ -7,11 +7,11 @@ import argparse
 import uvicorn
 
 from app.core.logs import configure_logging
-from app.core.config import Settings
+from app.core.config import settings_from_environment
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings()
+    settings = settings_from_environment()
     p = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     p.add_argument("--host", default=settings.host)
     p.add_argument("--port", type=int, default=settings.port)

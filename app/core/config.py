@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.pipeline.dicom.common import KINDS as RESULT_KINDS
@@ -143,8 +143,23 @@ class Settings(BaseSettings):
         return self.max_upload_bytes * self.max_batch_files + 64 * 1024
 
 
+def settings_from_environment() -> Settings:
+    """``Settings()``; a misconfiguration stops the program with one line naming each bad variable,
+    not a validation traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"configuration error: {problems}") from None
+
+
+def _variable(loc: tuple) -> str:
+    name = str(loc[0]) if loc else "?"
+    return name if name.isupper() else f"COVIDSEG_{name.upper()}"  # aliases are already variable names
+
+
 @lru_cache
 def get_settings() -> Settings:
     """The settings from the environment, read once per process (the one accessor; routes receive
     the app's own settings through :func:`app.api.deps.settings_of`)."""
-    return Settings()
+    return settings_from_environment()

@@ -17,7 +17,7 @@ import signal
 import threading
 
 from app.core.logs import configure_logging
-from app.core.config import Settings
+from app.core.config import Settings, settings_from_environment
 from app.node.scp import build_ae, handle_echo, store_handler
 from app.node.sender import CStoreSender, DicomDestination, StowSender
 from app.node.spool import Spool
@@ -31,7 +31,7 @@ log = logging.getLogger("app.node")
 
 
 def parse_settings(argv: list[str] | None) -> Settings:
-    settings = Settings()
+    settings = settings_from_environment()
     p = argparse.ArgumentParser(prog="python -m app.node", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ae-title", default=settings.node_ae_title)
