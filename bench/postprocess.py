@@ -8,7 +8,6 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from PIL import Image
@@ -18,20 +17,11 @@ from app.core.config import DEFAULT_MODEL_PATH
 from app.pipeline.infer import OnnxSegmenter
 from app.pipeline.postprocess import postprocess
 from app.pipeline.preprocess import preprocess_batch
-from bench.results import write_section
+from bench.results import publish
 from bench.serve import SAMPLE
+from bench.timing import median_ms
 
 SIZES = (256, 1024, 2048)
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()  # first call outside the timing
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
 
 
 def table(probs: np.ndarray, threshold: float, rule: float, runs: int) -> str:
@@ -58,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Median of {args.runs} runs of `postprocess` (resize the probabilities to the image, threshold "
             f"{args.threshold:g}, measurements) on the shipped model's output for a real COVID-19 Val image, "
             f"without and with the card's region peak rule ({rule:g}).\n\n{table(probs, args.threshold, rule, args.runs)}")
-    print(body)
-    if not args.no_write:
-        write_section("postprocess", body)
+    publish("postprocess", body, write=not args.no_write)
     return 0
 
 

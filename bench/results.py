@@ -18,3 +18,10 @@ def write_section(name: str, markdown: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def publish(name: str, markdown: str, write: bool = True) -> None:
+    """Print a benchmark's section and, unless ``write`` is off (``--no-write``), store it in RESULTS.md."""
+    print(markdown, flush=True)
+    if write:
+        write_section(name, markdown)

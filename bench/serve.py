@@ -35,7 +35,7 @@ import numpy as np
 from app.core.config import DEFAULT_MODEL_PATH
 from app.pipeline.infer import TTA_MODES, OnnxSegmenter, predict_with_tta
 from app.pipeline.preprocess import preprocess_batch
-from bench.results import write_section
+from bench.results import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests/fixtures/covid-qu-ex-mini/Infection Segmentation Data/Val/COVID-19/images/covid_1918.png"
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     table = variants(args.model, args.requests, args.providers)
-    print(table)
-    if not args.no_write:
-        write_section("variants", table)
+    publish("variants", table, write=not args.no_write)
     if args.variants_only:
         return 0
     mo_p50, mo_tput = model_only(args.model, args.requests, providers=args.providers)
@@ -218,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         with server(args.model, args.providers, wait) as (url, proc):
             runs[wait] = measure_server(url, proc.pid, args.requests, args.clients)
     md = serving_table(args, mo_p50, mo_tput, runs)
-    print(md)
-    if not args.no_write:
-        write_section("serve", md)
+    publish("serve", md, write=not args.no_write)
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.results import write_section
+from bench.results import publish
 from training.losses import DiceBCELoss
 from training.model import build_model
 
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(forward, Dice+BCE, backward, AdamW); torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}.\n\n"
           "| setting | img/s | vs plain fp32 |\n|---|---:|---:|\n" + table + "\n")
-    if not args.no_write:
-        write_section("train_throughput", md)
+    publish("train_throughput", md, write=not args.no_write)
     return 0
 
 
