@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = default)")
     inference_concurrency: int = Field(1, ge=1, description="model runs at once (1 keeps the cores for one run)")
+    image_concurrency: int = Field(4, ge=1, description="requests decoding, postprocessing or rendering at "
+                                                        "full resolution at once: bounds memory (bench/RESULTS.md)")
     microbatch_wait_ms: float | None = Field(
         None, ge=0, description="micro-batching: how long a request may wait for others to share a model run; "
                                 "0 turns it off; empty: 2 ms on CUDA, off on CPU")

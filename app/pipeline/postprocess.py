@@ -77,11 +77,17 @@ def severity_grade(infected_lung_share: float, infection_pixels: int) -> str:
 class Segmentation:
     """Masks and measurements of one image, at its own resolution."""
 
-    infection_probability: np.ndarray  # float32 (H, W) in [0, 1]
+    network_probabilities: np.ndarray  # float32 (2, h, w) at the network's size
     infection_mask: np.ndarray  # bool (H, W)
     lung_mask: np.ndarray  # bool (H, W)
     threshold: float
     region_peak_threshold: float = 0.0
+
+    def infection_probability(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1]: the infection probability at the image's size, resized when asked
+        for (kept at full size it was the largest array a request held: 36 MB at 3000 px)."""
+        height, width = self.infection_mask.shape
+        return resize_probability(self.network_probabilities[0], width, height)
 
     @property
     def infection_pixels(self) -> int:
@@ -123,7 +129,7 @@ def postprocess(probabilities: np.ndarray, width: int, height: int, threshold: f
         raise ValueError(f"expected probabilities of shape (2, h, w), got {probabilities.shape}")
     inf = resize_probability(probabilities[0], width, height)
     return Segmentation(
-        infection_probability=inf,
+        network_probabilities=probabilities,
         infection_mask=infection_mask(inf, threshold, region_peak_threshold),
         lung_mask=resize_probability(probabilities[1], width, height) >= LUNG_THRESHOLD,
         threshold=threshold,

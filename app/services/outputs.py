@@ -57,7 +57,7 @@ def png_of(seg: Segmentation, loaded: LoadedImage, output: PngOutput) -> bytes:
     if output is PngOutput.overlay:
         return encode_png(overlay_rgb(loaded.gray, seg.infection_mask, seg.lung_mask))
     if output is PngOutput.probability:
-        return encode_png(probability_image(seg.infection_probability))
+        return encode_png(probability_image(seg.infection_probability()))
     if output is PngOutput.lung:
         return encode_png(mask_image(seg.lung_mask))
     return encode_png(mask_image(seg.infection_mask))

@@ -87,6 +87,7 @@ class SegmentationService:
     model: OnnxSegmenter
     card: ModelCard | None
     inference_concurrency: int = 1
+    image_concurrency: int = 4
     result_options: ResultOptions = field(default_factory=ResultOptions)
     max_pixels: int = 50_000_000
     default_tta: str = "none"
@@ -95,6 +96,7 @@ class SegmentationService:
     metrics: ServiceMetrics | None = None
     ready: bool = False
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+    image_limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
     batcher: MicroBatcher | None = field(default=None, repr=False)
 
     @classmethod
@@ -103,7 +105,8 @@ class SegmentationService:
                               intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
                               cuda=settings.cuda_options())
         return cls(model=model, card=load_card(settings, model.info.sha256),
-                   inference_concurrency=settings.inference_concurrency, result_options=settings.result_options(),
+                   inference_concurrency=settings.inference_concurrency,
+                   image_concurrency=settings.image_concurrency, result_options=settings.result_options(),
                    max_pixels=settings.max_pixels, default_tta=settings.tta,
                    microbatch_max=settings.microbatch_max_batch,
                    microbatch_wait=settings.microbatch_wait_s(model.info.providers[0]))
@@ -153,6 +156,13 @@ class SegmentationService:
             self.limiter = anyio.CapacityLimiter(self.inference_concurrency)
         return self.limiter
 
+    def _full_size(self) -> anyio.CapacityLimiter:
+        """Work on images at their own size (decode, postprocess, outputs) holds hundreds of MB per
+        large image: at most ``image_concurrency`` requests do it at once, the others wait."""
+        if self.image_limiter is None:
+            self.image_limiter = anyio.CapacityLimiter(self.image_concurrency)
+        return self.image_limiter
+
     def _batcher(self) -> MicroBatcher:
         if self.batcher is None:
             metrics = self.metrics
@@ -170,12 +180,13 @@ class SegmentationService:
         probs = tta_merge(await self._batcher().run(tta_expand(batch, tta)), tta)
         timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
 
-        return await timings.run("postprocess", self._postprocess, probs, images, threshold)
+        return await timings.run("postprocess", self._postprocess, probs, images, threshold,
+                                 limiter=self._full_size())
 
     async def decode(self, upload: Upload, timings: Timings) -> LoadedImage:
         try:
             return await timings.run("decode", decode_upload, upload.data, self.max_pixels, upload.filename,
-                                     upload.content_type)
+                                     upload.content_type, limiter=self._full_size())
         except PipelineError as exc:
             if upload.index is not None:  # in a batch: say which file
                 exc.message = f"file {upload.index}: {exc.message}"
@@ -193,4 +204,4 @@ class SegmentationService:
         def _finish() -> list[Finished]:
             return [finish(s, im, spec, i, model, self.result_options) for i, (s, im) in enumerate(zip(segs, loaded))]
 
-        return await timings.run("postprocess", _finish)
+        return await timings.run("postprocess", _finish, limiter=self._full_size())
