@@ -81,13 +81,17 @@ def orthanc(work: Path, http_port: int | None = None, dicom_port: int | None = N
 
 
 @contextlib.contextmanager
-def service(**env: str) -> Iterator[str]:
-    """The HTTP service on the model under test; yields its URL."""
+def service(log: Path | None = None, **env: str) -> Iterator[str]:
+    """The HTTP service on the model under test (its output, stdout and stderr, in ``log`` when given);
+    yields its URL."""
     port = free_port()
     env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model_under_test()), "COVIDSEG_LOG_LEVEL": "warning", **env}
     url = f"http://127.0.0.1:{port}"
-    with running([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-                 lambda: answers(f"{url}/ready"), "service", env=env, cwd=ROOT):
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "a")) if log is not None else None
+        stack.enter_context(running([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+                                    lambda: answers(f"{url}/ready"), "service", env=env, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT if out else None))
         yield url
 
 

@@ -1,15 +1,16 @@
 """Logging for every entry point: one format, and libraries that would log identifiers kept quiet.
 
 httpx logs each request URL at INFO (DICOMweb URLs carry study, series and instance UIDs);
-pynetdicom logs association and dataset details; highdicom names source UIDs. At INFO the
-project's own lines say what happened without naming patients, files or UIDs.
+pynetdicom logs association and dataset details; pydicom and highdicom quote values (kept to errors
+by app.pipeline.dicom.quiet). At INFO the project's own lines say what happened without naming
+patients, files or UIDs.
 """
 
 from __future__ import annotations
 
 import logging
 
-QUIET = ("httpx", "httpcore", "pynetdicom")  # highdicom: app.pipeline.dicom.common
+QUIET = ("httpx", "httpcore", "pynetdicom")  # pydicom, highdicom: app.pipeline.dicom.quiet
 
 
 def configure_logging(level: str = "info") -> None:

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from tests import servers
 from tests.conftest import fixture_images
 from tests.dicom_fixtures import make_cxr_dicom, read
 from tests.dicom_validate import entity_problems, iod_errors
@@ -157,6 +159,45 @@ def test_series_numbers_are_settings():
         sr = read(post(client, data, "format=dicom-sr").content)
     assert (int(seg.SeriesNumber), int(sr.SeriesNumber)) == (42, 43)
     assert seg.InstitutionName == "General Hospital"
+
+
+NON_CONFORMANT = {"StudyDate": "2026-01-01", "StudyTime": "12:00", "PatientBirthDate": "19XX0101",
+                  "PatientSex": "Female"}  # as some modalities write them
+
+
+def test_non_conformant_source_values_are_written_empty_not_refused(service_client, tmp_path: Path):
+    ds = read(make_cxr_dicom(COVID, "DX", size=1024, full_patient=True))
+    for keyword, value in NON_CONFORMANT.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    for fmt in FORMATS:
+        content = post(service_client[0], buf.getvalue(), f"format={fmt}").content
+        result = read(content)
+        assert all(result.get(k) == "" for k in NON_CONFORMANT), fmt  # Type 2: present, empty
+        assert (result.PatientName, result.PatientID, result.StudyInstanceUID) == (
+            ds.PatientName, ds.PatientID, ds.StudyInstanceUID)  # still filed under the same patient and study
+        path = tmp_path / f"{fmt}.dcm"
+        path.write_bytes(content)
+        assert iod_errors(path) == [], fmt
+
+
+def test_library_warnings_about_odd_values_do_not_reach_the_log(tmp_path: Path):
+    """pydicom warns with the value of an invalid UID, highdicom with a one-component patient name:
+    the service's whole output (log lines and stderr) stays free of both."""
+    ds = read(make_cxr_dicom(COVID, patient_name="SECRETNAME", patient_id="SECRET-ID"))
+    ds.SOPInstanceUID, ds.StudyInstanceUID = "1.2.826.0.SECRETUID", "1.2.826.0.SECRETSTUDY"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    log = tmp_path / "service.log"
+    with servers.service(log=log, COVIDSEG_LOG_LEVEL="info") as url:
+        for fmt in FORMATS:
+            r = httpx.post(f"{url}/segment?format={fmt}", files={"file": ("x.dcm", buf.getvalue())}, timeout=120)
+            assert r.status_code == 200, r.text
+    text = log.read_text()
+    assert "POST /segment 200" in text  # the log was written
+    assert "SECRET" not in text
 
 
 def test_no_identifiers_in_logs_while_writing(service_client, caplog):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import logging
 from dataclasses import dataclass, field
 
 import pydicom
+from pydicom.datadict import tag_for_keyword as keyword_to_tag
+from pydicom.dataelem import DataElement
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
 from app import __version__
 
@@ -34,8 +36,6 @@ PATIENT_STUDY_KEYWORDS = (
     "ReferringPhysicianName", "StudyDescription", "ProcedureCodeSequence",
 )
 
-# highdicom logs every SEG it builds at INFO, naming the source's SOP Instance UID: identifiers.
-logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,45 @@ class ResultIdentity:
         # One result series per source series, kind, model and threshold.
         series = result_uid(f"{kind}-series", str(source.SeriesInstanceUID), model.sha256, threshold)
         return cls(series, result_uid(kind, str(source.SOPInstanceUID), model.sha256, threshold))
+
+
+def _valid_date(value: str) -> bool:
+    return _parses(DA, value)
+
+
+def _valid_time(value: str) -> bool:
+    return _parses(TM, value)
+
+
+def _parses(vr_class: type, value: str) -> bool:
+    try:
+        vr_class(value)
+        return True
+    except ValueError:
+        return False
+
+
+#: Source values the result's own modules must hold in their standard form (highdicom checks
+#: them): a modality's non-conformant one (StudyDate "2026-01-01", PatientSex "Female") is written
+#: empty, as these Type 2 attributes allow, rather than costing the image its results.
+CHECKED_VALUES = {"PatientBirthDate": _valid_date, "StudyDate": _valid_date, "PatientBirthTime": _valid_time,
+                  "StudyTime": _valid_time, "PatientSex": lambda v: v in ("M", "F", "O")}
+
+
+def conformant_source(source: pydicom.Dataset) -> pydicom.Dataset:
+    """``source`` as the writers see it: the same elements, but the non-conformant values of
+    :data:`CHECKED_VALUES` emptied, in a dataset of its own (the source is left as it is)."""
+    bad = [k for k, valid in CHECKED_VALUES.items() if source.get(k) not in (None, "") and not valid(str(source.get(k)))]
+    if not bad:
+        return source
+    clean = pydicom.Dataset()
+    for element in source:  # elements shared, not copied; the emptied ones are replaced below
+        clean.add(element)
+    if hasattr(source, "file_meta"):
+        clean.file_meta = source.file_meta
+    for keyword in bad:
+        clean[keyword] = DataElement(keyword_to_tag(keyword), source[keyword].VR, "")
+    return clean
 
 
 def copy_patient_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:

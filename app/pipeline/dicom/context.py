@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pydicom
 
-from app.pipeline.dicom.common import ModelRef, ResultIdentity, ResultOptions
+from app.pipeline.dicom.common import ModelRef, ResultIdentity, ResultOptions, conformant_source
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation
 
@@ -23,9 +24,10 @@ class ResultContext:
         if self.loaded.dicom is None:
             raise ValueError("DICOM results need a DICOM source image")
 
-    @property
+    @cached_property
     def source(self) -> pydicom.Dataset:
-        return self.loaded.dicom.dataset
+        """The source image as the writers copy it (see :func:`conformant_source`)."""
+        return conformant_source(self.loaded.dicom.dataset)
 
     @property
     def gray(self) -> np.ndarray:
