@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.pipeline.errors import PipelineError, Problem
 
@@ -99,14 +99,13 @@ def check_dimensions(width: int, height: int, max_pixels: int) -> None:
                             "on each side")
 
 
-def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
-    """Decode a PNG or JPEG upload into a :class:`LoadedImage` (empty files are refused by
-    :func:`app.pipeline.inputs.decode_upload`, before the format is known)."""
+def open_image(data: bytes) -> Image.Image:
+    """Pillow's lazy open (header only): what the file says it is, before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
-            # Our own pixel limit applies below; Pillow's bomb warning would only add noise.
+            # Our own pixel limit applies later; Pillow's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused before decoding: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
@@ -116,21 +115,40 @@ def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
                                 f"the {signed} image is truncated or corrupt: its header cannot be read") from exc
         raise PipelineError(Problem.UNSUPPORTED, "not_an_image",
                             "the file is not a supported image: send PNG, JPEG or DICOM") from exc
-    with image:
+
+
+def decode_upright(image: Image.Image) -> Image.Image:
+    """The pixels, turned as the file's EXIF orientation says a viewer shows them (a JPEG from a
+    phone or some exporters is stored sideways): the model sees an upright chest and the masks
+    line up with what the user sees."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except Image.DecompressionBombError as exc:
+        raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PipelineError(Problem.CORRUPT, "corrupt_image",
+                            f"the {image.format} image is truncated or corrupt and cannot be decoded") from exc
+    try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return image  # as stored (no copy)
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: keep the pixels as stored
+        return image
+
+
+def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
+    """Decode a PNG or JPEG upload into a :class:`LoadedImage` (empty files are refused by
+    :func:`app.pipeline.inputs.decode_upload`, before the format is known)."""
+    with open_image(data) as image:
         if image.format not in SUPPORTED_FORMATS:
             raise PipelineError(Problem.UNSUPPORTED, "unsupported_format",
-                             f"image format {image.format} is not supported: send PNG, JPEG or DICOM")
+                                f"image format {image.format} is not supported: send PNG, JPEG or DICOM")
         check_dimensions(*image.size, max_pixels)
         if getattr(image, "n_frames", 1) > 1:
-            raise PipelineError(Problem.UNSUPPORTED, "multi_frame", "multi-frame images are not supported: send one image per file")
+            raise PipelineError(Problem.UNSUPPORTED, "multi_frame",
+                                "multi-frame images are not supported: send one image per file")
         mode, fmt = image.mode, image.format
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image.load()
-        except Image.DecompressionBombError as exc:
-            raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused: {exc}") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise PipelineError(Problem.CORRUPT, "corrupt_image", f"the {fmt} image is truncated or corrupt and cannot be decoded") from exc
-        gray = to_uint8_gray(image)
+        gray = to_uint8_gray(decode_upright(image))
     return LoadedImage(gray=gray, format=fmt, mode=mode)

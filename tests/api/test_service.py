@@ -16,7 +16,7 @@ from tempfile import SpooledTemporaryFile
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from app.pipeline.infer import ModelLoadError
 from tests.conftest import fixture_images, make_client, model_under_test
@@ -200,6 +200,21 @@ def test_accepts_common_modes_and_formats(service_client, convert):
         gray = post(service_client[0], png_bytes(src)).json()
         assert r.json()["image"]["mode"] == "CMYK"
         assert abs(r.json()["infection_pixels"] - gray["infection_pixels"]) <= 0.05 * gray["infection_pixels"]
+
+
+def test_exif_orientation_is_applied_so_masks_match_what_viewers_show(service_client):
+    upright = Image.open(COVID[0]).convert("L").crop((0, 0, 256, 200))  # not square: the sides tell
+    stored_sideways = upright.transpose(Image.Transpose.ROTATE_90)  # EXIF 6: a viewer turns it back
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    plain, turned = io.BytesIO(), io.BytesIO()
+    upright.save(plain, "JPEG", quality=95)
+    stored_sideways.save(turned, "JPEG", quality=95, exif=exif.tobytes())
+    a = post(service_client[0], plain.getvalue(), "?include=mask").json()
+    b = post(service_client[0], turned.getvalue(), "?include=mask").json()
+    assert (b["image"]["width"], b["image"]["height"]) == (256, 200) == (a["image"]["width"], a["image"]["height"])
+    mask_a, mask_b = (decode_png(base64.b64decode(x["mask_png_base64"])) for x in (a, b))
+    assert a["infection_pixels"] > 0 and np.mean(np.asarray(mask_a) == np.asarray(mask_b)) > 0.99
 
 
 # ---------------------------------------------------------------- bad input
