@@ -6,7 +6,9 @@ COVID-19: precision, recall, Dice (= F1) and IoU from pixel counts pooled over t
 (as the source report does), plus mean per-image Dice, at 0.5, 0.25 and a sweep.
 Normal and Non-COVID (empty ground truth): PPAR per image as mean, median, p95 and the
 share of images with any predicted pixel. Lung Dice for every class.
-Writes ``report.json`` and plots: PPAR distributions, threshold sweep, overlay grid.
+COVID-19 errors at 0.5: by annotated extent (pooled Dice, share of wrong pixels) and the share of
+wrong pixels near an annotated outline.
+Writes ``report.json`` and plots: PPAR distributions, threshold sweep, overlay grid, errors by extent.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from app.pipeline.postprocess import LUNG_THRESHOLD, infection_mask, ppar, resiz
 from app.pipeline.preprocess import preprocess_batch
 from app.pipeline.render import overlay_rgb
 from training.data import CLASSES, LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
-from training.scoring import infection_scores, lung_dice, ppar_scores
+from training.scoring import (errors_by_extent, infection_scores, lung_dice, near_boundary_error_share,
+                              ppar_scores)
 
 REPORT_THRESHOLDS = (0.5, 0.25)
 SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
@@ -88,6 +91,9 @@ def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[st
         report["ppar"][cls] = {str(t): ppar_scores(inf, t, peak) for t in REPORT_THRESHOLDS}
         if cls == "COVID-19":
             report["covid"] = {str(t): infection_scores(inf, data.infection, t, peak) for t in REPORT_THRESHOLDS}
+            report["covid_errors"] = {"threshold": 0.5,
+                                      "by_extent": errors_by_extent(inf, data.infection, 0.5, peak),
+                                      "near_outline_share": near_boundary_error_share(inf, data.infection, 0.5, peak)}
     for t in SWEEP:
         row: dict[str, float] = {"threshold": t}
         if "COVID-19" in arrays:
@@ -141,6 +147,23 @@ def plot_threshold_sweep(sweep: list[dict[str, float]], split: str, path: Path) 
     return _save(fig, path)
 
 
+def plot_errors_by_extent(errors: dict[str, Any], split: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = errors["by_extent"]
+    labels = [f"{100 * r['extent'][0]:g}-{100 * r['extent'][1]:g}%\n(n={r['images']})" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.bar(x - 0.2, [r["dice"] or 0.0 for r in rows], 0.4, label="pooled Dice")
+    ax.bar(x + 0.2, [r["error_share"] for r in rows], 0.4, label="share of all wrong pixels")
+    ax.set(xticks=x, xticklabels=labels, ylim=(0, 1), xlabel="annotated infection, share of the image",
+           title=f"COVID-19 {split} at t={errors['threshold']}: errors by extent "
+                 f"({100 * errors['near_outline_share']:.0f}% of wrong pixels within 4 px of an outline)")
+    ax.title.set_fontsize(9)
+    ax.legend()
+    return _save(fig, path)
+
+
 def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path: Path,
                   peak: float = 0.0) -> Path | None:
     import matplotlib.pyplot as plt
@@ -171,6 +194,8 @@ def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, thres
     written = [plot_ppar_distributions(arrays, report["split"], threshold, out / "ppar_distributions.png", peak),
                plot_threshold_sweep(report["sweep"], report["split"], out / "threshold_sweep.png"),
                plot_overlays(arrays, threshold, overlays_per_class, out / "overlays.png", peak)]
+    if "covid_errors" in report:
+        written.append(plot_errors_by_extent(report["covid_errors"], report["split"], out / "errors_by_extent.png"))
     return [p for p in written if p is not None]
 
 
@@ -199,6 +224,12 @@ def print_summary(report: dict[str, Any]) -> None:
     for t, m in report["covid"].items():
         print(f"COVID-19 @ {t}: precision {m['precision']:.4f} recall {m['recall']:.4f} Dice {m['dice']:.4f} "
               f"IoU {m['iou']:.4f} mean image Dice {m['mean_image_dice']:.4f}")
+    if "covid_errors" in report:
+        errors = report["covid_errors"]
+        print(f"COVID-19 @ {errors['threshold']}: {100 * errors['near_outline_share']:.0f}% of wrong pixels within "
+              "4 px of an outline; by annotated extent: " + ", ".join(
+                  f"{100 * r['extent'][0]:g}-{100 * r['extent'][1]:g}% Dice {r['dice'] or 0:.3f} "
+                  f"({100 * r['error_share']:.0f}% of errors)" for r in errors["by_extent"]))
 
 
 def write_figures(card: ModelCard, report: dict[str, Any], tta: str) -> bool:

@@ -161,7 +161,11 @@ def test_evaluate_reports_all_classes_and_updates_the_card(exported: Path, tmp_p
         assert m["dice"] == pytest.approx(2 * m["tp"] / (2 * m["tp"] + m["fp"] + m["fn"]))
         assert set(report["ppar"]["Normal"][t]) >= {"mean", "median", "p95", "any_positive_share"}
     assert len(report["sweep"]) == 19 and set(report["lung_dice"]) == {"COVID-19", "Non-COVID", "Normal"}
-    for plot in ("ppar_distributions.png", "threshold_sweep.png", "overlays.png"):
+    errors = report["covid_errors"]
+    assert sum(r["images"] for r in errors["by_extent"]) == 2 and 0 <= errors["near_outline_share"] <= 1
+    wrong = report["covid"]["0.5"]["fp"] + report["covid"]["0.5"]["fn"]
+    assert sum(r["error_share"] for r in errors["by_extent"]) == pytest.approx(1.0 if wrong else 0.0)
+    for plot in ("ppar_distributions.png", "threshold_sweep.png", "overlays.png", "errors_by_extent.png"):
         assert (out / plot).stat().st_size > 1000
     card = ModelCard.load(exported).model_dump(mode="json")
     assert card["evaluation"]["covid"]["0.5"]["dice"] == report["covid"]["0.5"]["dice"]
