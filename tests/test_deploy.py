@@ -109,6 +109,9 @@ def test_compose_pacs_profile_wires_orthanc_the_node_and_the_bridge():
     assert node_env["COVIDSEG_NODE_DESTINATION"].endswith(f"{orthanc_aet}@orthanc:4242}}")
     assert any(p.endswith(":4242") for p in orthanc["ports"])
     assert node["command"] == ["python", "-m", "app.node"] and "/spool" in node["volumes"][0]
+    # healthy means both workers alive (app.node.health reads their heartbeats in the same spool)
+    assert node["healthcheck"]["test"] == ["CMD", "python", "-m", "app.node.health"]
+    assert node["environment"]["COVIDSEG_NODE_SPOOL_DIR"] == "/spool"
     assert bridge["command"][:3] == ["python", "-m", "app.pacs"]
     assert bridge["environment"]["COVIDSEG_PACS_DICOMWEB_URL"] == "http://orthanc:8042/dicom-web"
     assert orthanc["environment"]["DICOM_WEB_PLUGIN_ENABLED"] == "true"

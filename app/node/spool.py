@@ -8,6 +8,7 @@ leaves a half-written item. Items leave the spool as soon as their results are d
     outgoing/  results waiting to be delivered
     failed/    instances that could not be segmented and results the destination refused,
                kept for an administrator (never retried by themselves)
+    .alive-*   empty files each worker touches while it runs (``python -m app.node.health``)
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ import uuid
 from pathlib import Path
 
 FOLDERS = ("incoming", "outgoing", "failed")
+
+
+def heartbeat_path(root: Path | str, worker: str) -> Path:
+    return Path(root) / f".alive-{worker}"
+
+
+def beat_age(root: Path | str, worker: str) -> float | None:
+    """Seconds since ``worker`` last marked itself alive in the spool at ``root``; None if it never
+    has. Reads only: opening a :class:`Spool` would tidy it under the running node."""
+    try:
+        return max(0.0, time.time() - heartbeat_path(root, worker).stat().st_mtime)
+    except FileNotFoundError:
+        return None
 
 
 class Spool:
@@ -42,6 +56,12 @@ class Spool:
     @property
     def failed(self) -> Path:
         return self.root / "failed"
+
+    def beat(self, worker: str) -> None:
+        """Mark ``worker`` alive now: an empty file whose age :func:`beat_age` reads."""
+        path = heartbeat_path(self.root, worker)
+        path.touch(mode=0o600)
+        os.utime(path)
 
     @staticmethod
     def new_name() -> str:

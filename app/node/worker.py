@@ -37,8 +37,9 @@ class Sender(Protocol):
 class SpoolWorker(threading.Thread):
     """A thread that drains one spool folder whenever woken, and at least every ``poll`` seconds."""
 
-    def __init__(self, name: str, poll: float = 5.0):
+    def __init__(self, name: str, spool: Spool, poll: float = 5.0):
         super().__init__(name=name, daemon=True)
+        self.spool = spool
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.poll = poll
@@ -50,8 +51,16 @@ class SpoolWorker(threading.Thread):
         self.stopping.set()
         self.woken.set()
 
+    def beat(self) -> None:
+        """Alive, for the health check: at every pass and every item, so a dead or stuck worker shows."""
+        try:
+            self.spool.beat(self.name)
+        except OSError:
+            pass  # a spool that cannot be written shows in the work itself
+
     def run(self) -> None:
         while not self.stopping.is_set():
+            self.beat()
             self.woken.clear()
             try:
                 self.drain()
@@ -66,14 +75,15 @@ class SpoolWorker(threading.Thread):
 class Segmenter(SpoolWorker):
     def __init__(self, spool: Spool, service: SegmentationService, outputs: list[str], threshold: float,
                  max_pixels: int, deliverer: "Deliverer"):
-        super().__init__("segmenter")
-        self.spool, self.service, self.outputs, self.threshold = spool, service, outputs, threshold
+        super().__init__("segmenter", spool)
+        self.service, self.outputs, self.threshold = service, outputs, threshold
         self.max_pixels, self.deliverer = max_pixels, deliverer
 
     def drain(self) -> None:
         for path in self.spool.items(self.spool.incoming):
             if self.stopping.is_set():
                 return
+            self.beat()
             self.segment(path)
 
     def segment(self, path: Path) -> None:
@@ -101,13 +111,14 @@ class Segmenter(SpoolWorker):
 
 class Deliverer(SpoolWorker):
     def __init__(self, spool: Spool, senders: list[Sender], max_wait: float = 60.0, batch: int = 32):
-        super().__init__("deliverer", poll=5.0)
-        self.spool, self.senders, self.batch = spool, senders, batch
+        super().__init__("deliverer", spool, poll=5.0)
+        self.senders, self.batch = senders, batch
         self.backoff = wait_exponential(multiplier=0.5, min=0.5, max=max_wait)
         self.failures = 0
 
     def drain(self) -> None:
         while not self.stopping.is_set():
+            self.beat()
             items = self.spool.items(self.spool.outgoing)[: self.batch]
             if not items:
                 return

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, SegmentationStorage, g
 
 from tests.conftest import fixture_images
 from tests.dicom_fixtures import make_cxr_dicom, read, rle_overrunning_the_frame
+from tests.servers import ROOT as PROJECT
 from tests.servers import echo, free_port, node, orthanc, store
 
 COVID, NORMAL = fixture_images("Val", "COVID-19"), fixture_images("Val", "Normal")
@@ -84,6 +88,24 @@ def test_echo_and_unknown_callers_are_refused(tmp_path: Path):
         sent = store(port, "STRANGER", [write(tmp_path, "a.dcm", make_cxr_dicom(COVID[0]))])
         assert sent.returncode != 0
         assert not list((tmp_path / "spool" / "incoming").iterdir())
+
+
+def health(spool: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.node.health", "--spool-dir", str(spool), *extra],
+                          capture_output=True, text=True, timeout=120, cwd=PROJECT)
+
+
+def test_health_sees_the_workers_not_only_the_port(tmp_path: Path):
+    spool = tmp_path / "spool"
+    assert health(spool).returncode == 1  # never started
+    with node(spool, free_port(), tmp_path / "node.log", COVIDSEG_NODE_DESTINATION="PACS@127.0.0.1:1"):
+        alive = health(spool)
+        assert alive.returncode == 0 and alive.stdout.startswith("healthy"), alive.stdout
+    for worker in ("segmenter", "deliverer"):  # as if both had stopped or hung 20 minutes ago
+        os.utime(spool / f".alive-{worker}", (time.time() - 1200,) * 2)
+    stale = health(spool)
+    assert stale.returncode == 1 and stale.stdout.startswith("unhealthy: last alive segmenter 12")
+    assert health(spool, "--max-age", "3600").returncode == 0
 
 
 def test_an_image_that_cannot_be_segmented_is_kept_aside_with_the_reason(tmp_path: Path):
@@ -164,7 +186,6 @@ def test_orthanc_routes_to_the_node_with_the_shipped_lua_script(tmp_path: Path):
 
     import yaml
 
-    from tests.servers import ROOT as PROJECT
 
     compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]
     env = compose["orthanc"]["environment"]
