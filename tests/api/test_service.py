@@ -53,6 +53,10 @@ def test_health_ready_and_model_card(service_client):
     assert card["loaded"]["providers"] == ["CPUExecutionProvider"]
     assert card["default_threshold"] == service.default_threshold
     assert [b["grade"] for b in card["severity_bins"]] == ["none", "mild", "moderate", "severe", "critical"]
+    with make_client(max_pixels=4_000_000, max_batch_files=3) as small:
+        limits = small.get("/model").json()["input_limits"]
+    assert limits == {"max_upload_bytes": 20 * 1024 * 1024, "max_pixels": 4_000_000, "min_image_side": 64,
+                      "max_batch_files": 3}
 
 
 def test_not_ready_before_start_up():

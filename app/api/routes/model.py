@@ -6,14 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import ServiceDep
+from app.api.deps import ServiceDep, SettingsDep
+from app.core.config import Settings
+from app.pipeline.load import MIN_IMAGE_SIDE
 from app.pipeline.postprocess import severity_ranges
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/model", summary="Model card of the loaded model, with the runtime's view of it")
-async def model_card(service: ServiceDep) -> dict[str, Any]:
+async def model_card(service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
     info = service.model.info
     card = service.card.public() if service.card is not None else {}
     return {
@@ -25,7 +27,14 @@ async def model_card(service: ServiceDep) -> dict[str, Any]:
         "default_threshold": service.default_threshold,
         "region_peak_threshold": service.region_peak_threshold,
         "severity_bins": severity_bins_doc(),
+        "input_limits": input_limits(settings),
     }
+
+
+def input_limits(settings: Settings) -> dict[str, int]:
+    """What an upload may be, so an integration can check before sending (4xx above or below)."""
+    return {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
+            "min_image_side": MIN_IMAGE_SIDE, "max_batch_files": settings.max_batch_files}
 
 
 def severity_bins_doc() -> list[dict[str, Any]]:
