@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass, field
+from functools import partial
 
 import pydicom
 from pydicom.datadict import tag_for_keyword as keyword_to_tag
@@ -74,14 +75,6 @@ class ResultIdentity:
         return cls(series, result_uid(kind, str(source.SOPInstanceUID), model.sha256, threshold))
 
 
-def _valid_date(value: str) -> bool:
-    return _parses(DA, value)
-
-
-def _valid_time(value: str) -> bool:
-    return _parses(TM, value)
-
-
 def _parses(vr_class: type, value: str) -> bool:
     try:
         vr_class(value)
@@ -93,8 +86,9 @@ def _parses(vr_class: type, value: str) -> bool:
 #: Source values the result's own modules must hold in their standard form (highdicom checks
 #: them): a modality's non-conformant one (StudyDate "2026-01-01", PatientSex "Female") is written
 #: empty, as these Type 2 attributes allow, rather than costing the image its results.
-CHECKED_VALUES = {"PatientBirthDate": _valid_date, "StudyDate": _valid_date, "PatientBirthTime": _valid_time,
-                  "StudyTime": _valid_time, "PatientSex": lambda v: v in ("M", "F", "O")}
+CHECKED_VALUES = {"PatientBirthDate": partial(_parses, DA), "StudyDate": partial(_parses, DA),
+                  "PatientBirthTime": partial(_parses, TM), "StudyTime": partial(_parses, TM),
+                  "PatientSex": lambda v: v in ("M", "F", "O")}
 
 
 def conformant_source(source: pydicom.Dataset) -> pydicom.Dataset:
