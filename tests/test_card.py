@@ -56,3 +56,15 @@ def test_the_readme_quotes_the_shipped_card():
                f"{pct(normal)} | {100 * normal['any_positive_share']:.1f}% | "
                f"{pct(card.evaluation.ppar['Non-COVID'][th])} |")
         assert row in section, row
+
+
+def test_the_readme_trains_the_shipped_model_as_its_card_says():
+    """Every training phase of the shipped model is in the README's training commands (``--resume``
+    aside: a phase continued across sessions records it), so they cannot fall behind the model."""
+    card = ModelCard.load(SHIPPED_MODEL)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Train, evaluate, export")[1].split("\n## ")[0]
+    commands = " ".join(section.replace("\\\n", " ").replace(".venv/bin/python", "python").split())
+    for phase in card.training.phases:
+        command = " ".join(arg for arg in phase.command.split() if arg != "--resume")
+        assert command in commands, command
