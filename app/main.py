@@ -11,7 +11,7 @@ from starlette.formparsers import MultiPartParser
 
 from app import __version__
 from app.api.deps import require_api_key
-from app.api.routes import health, metrics, model, segment
+from app.api.routes import health, metrics, model, segment, viewer
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import ServiceMetrics
@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment.router, dependencies=protected)
     app.include_router(model.router, dependencies=protected)
     app.include_router(metrics.router, dependencies=protected)
+    if settings.viewer:  # the page is open; what it calls is behind the key
+        app.include_router(viewer.router)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_request_bytes)
     return app
 

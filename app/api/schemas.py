@@ -31,6 +31,7 @@ class PngOutput(str, Enum):
     overlay = "overlay"
     probability = "probability"
     lung = "lung"
+    image = "image"  # the image as segmented: 8-bit gray after the DICOM LUTs, at its own size
 
 
 class ModelIdentity(BaseModel):
@@ -73,6 +74,8 @@ class SegmentResult(BaseModel):
     overlay_png_base64: str | None = Field(None, description="with include=overlay: overlay PNG")
     probability_png_base64: str | None = Field(None, description="with include=probability: 8-bit probability PNG")
     lung_png_base64: str | None = Field(None, description="with include=lung: 0/255 lung mask PNG")
+    image_png_base64: str | None = Field(None, description="with include=image: the image as segmented (8-bit "
+                                                           "gray after the DICOM LUTs), for display")
 
 
 class SegmentResponse(SegmentResult):

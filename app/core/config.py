@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     node_threshold: float | None = Field(None, ge=0, le=1, description="infection threshold (default: the card's)")
     node_spool_dir: Path = Field(Path("spool"), description="received images and undelivered results "
                                                             "(patient data: owner-only, emptied on delivery)")
+    viewer: bool = Field(True, description="serve the browser viewer at / and /viewer (false: API only)")
     node_retry_max_wait: float = Field(60.0, gt=0, description="longest wait between delivery attempts, seconds")
 
     # The PACS bridge (python -m app.pacs)

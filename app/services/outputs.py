@@ -33,8 +33,8 @@ class OutputSpec:
         unknown = names - {o.value for o in PngOutput}
         if unknown:
             raise PipelineError(Problem.INVALID, "invalid_parameter",
-                                f"include: unknown output(s) {sorted(unknown)}; choose from mask, overlay, "
-                                "probability, lung")
+                                f"include: unknown output(s) {sorted(unknown)}; choose from "
+                                + ", ".join(o.value for o in PngOutput))
         return frozenset(PngOutput(n) for n in names)
 
     def check_input(self, loaded: LoadedImage) -> None:
@@ -60,6 +60,8 @@ def png_of(seg: Segmentation, loaded: LoadedImage, output: PngOutput) -> bytes:
         return encode_png(probability_image(seg.infection_probability()))
     if output is PngOutput.lung:
         return encode_png(mask_image(seg.lung_mask))
+    if output is PngOutput.image:
+        return encode_png(loaded.gray)
     return encode_png(mask_image(seg.infection_mask))
 
 

@@ -22,7 +22,7 @@ ThresholdQuery = Annotated[float | None, Query(
     description="infection probability threshold in [0, 1]; default from the model card "
                 "(0.5 conservative, 0.25 more sensitive)")]
 IncludeQuery = Annotated[str | None, Query(
-    description="comma list of PNGs to embed base64 in JSON: mask, overlay, probability, lung",
+    description="comma list of PNGs to embed base64 in JSON: mask, overlay, probability, lung, image",
     examples=["mask,overlay"])]
 FormatQuery = Annotated[OutputFormat | None, Query(
     description="json (default), png (an Accept: image/png header also selects it), dicom-seg (DICOM "
@@ -32,8 +32,8 @@ TtaQuery = Annotated[Literal["none", "flip"] | None, Query(
     description="test-time augmentation: none, or flip (mean of the image's and its mirror's probabilities; "
                 "twice the compute); default from COVIDSEG_TTA")]
 OutputQuery = Annotated[PngOutput, Query(
-    description="with format=png: mask (0/255), overlay, probability (8-bit) or lung (0/255); "
-                "at the input's width and height")]
+    description="with format=png: mask (0/255), overlay, probability (8-bit), lung (0/255) or image "
+                "(the image as segmented: 8-bit gray after the DICOM LUTs); at the input's width and height")]
 
 
 async def read_upload(file: UploadFile, settings: Settings, index: int | None = None) -> Upload:
