@@ -1,13 +1,12 @@
-"""``python -m app``: serve on 0.0.0.0:8000 (``--host``/``--port`` or COVIDSEG_HOST/COVIDSEG_PORT)."""
+"""``python -m app``: serve on 0.0.0.0:8000 (``--host``/``--port`` or COVIDSEG_HOST/COVIDSEG_PORT), with the
+header deadline and connection cap of :mod:`app.core.server`."""
 
 from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from app.core.logs import configure_logging
 from app.core.config import settings_from_environment
+from app.core.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,11 +21,11 @@ def main(argv: list[str] | None = None) -> None:
         updates["model_path"] = args.model_path
     settings = settings.model_copy(update=updates)
     configure_logging(settings.log_level)
+    from app.core.server import serve
     from app.main import create_app
 
     # One worker: a second process would load a second copy of the model onto the same cores.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

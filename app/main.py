@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI
+from fastapi.params import Depends as Dependency
+from fastapi.routing import APIRoute
 from starlette.formparsers import MultiPartParser
+from starlette.routing import Route
 
 from app import __version__
 from app.api.deps import require_api_key
@@ -62,13 +65,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
+    if settings.viewer:  # the page is open; what it calls is behind the key
+        app.include_router(viewer.router)
     app.include_router(segment.router, dependencies=protected)
     app.include_router(model.router, dependencies=protected)
     app.include_router(metrics.router, dependencies=protected)
-    if settings.viewer:  # the page is open; what it calls is behind the key
-        app.include_router(viewer.router)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_request_bytes)
+    if not settings.docs_public:
+        protect_docs(app, protected)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_request_bytes,
+                       body_timeout=settings.body_timeout)
     return app
+
+
+def protect_docs(app: FastAPI, dependencies: list[Dependency]) -> None:
+    """Put FastAPI's own documentation routes (the schema, Swagger UI and its OAuth2 redirect, ReDoc)
+    behind ``dependencies``, and only those: each is registered again in its place as an APIRoute
+    with the same endpoint, so the pages themselves do not change."""
+    paths = {app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url} - {None}
+    for index, route in list(enumerate(app.router.routes)):
+        if isinstance(route, Route) and not isinstance(route, APIRoute) and route.path in paths:
+            app.router.add_api_route(route.path, route.endpoint, methods=sorted(route.methods or ["GET"]),
+                                     name=route.name, include_in_schema=False, dependencies=dependencies)
+            app.router.routes[index] = app.router.routes.pop()
 
 
 app = create_app()

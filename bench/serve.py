@@ -8,9 +8,13 @@
    off and on (``--microbatch-waits``, ms),
 4. the server's peak RSS,
 
-then writes the table to bench/RESULTS.md.
+then writes the table to bench/RESULTS.md; and (``--overhead-only`` runs only this)
+
+5. the service's overhead: single-request end-to-end p50 over model-only p50 for the fp32 graph and
+   its int8 sibling, with where the rest of a request's time goes (``overhead``).
 
     python -m bench.serve --requests 40
+    python -m bench.serve --overhead-only --requests 200
     python -m bench.serve --providers CUDAExecutionProvider,CPUExecutionProvider   # on a GPU machine
 """
 
@@ -53,10 +57,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def model_only(model_path: Path, runs: int, tta: str = "none", providers: str = "CPUExecutionProvider"
                ) -> tuple[float, float]:
-    from PIL import Image
-
     model = OnnxSegmenter(model_path, providers=providers)
-    x = preprocess_batch([np.asarray(Image.open(SAMPLE).convert("L"))])
+    x = sample_batch()
     for _ in range(3):
         predict_with_tta(model, x, tta)
     times = []
@@ -85,6 +87,13 @@ def variants(model_path: Path, runs: int, providers: str = "CPUExecutionProvider
                       for name, tta, p50, tput in rows))
 
 
+def sample_batch() -> np.ndarray:
+    """The network input of :data:`SAMPLE`, as the service computes it."""
+    from PIL import Image
+
+    return preprocess_batch([np.asarray(Image.open(SAMPLE).convert("L"))])
+
+
 def rss_peak_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -93,13 +102,15 @@ def rss_peak_kb(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def server(model: Path, providers: str, microbatch_wait_ms: float) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The real service on loopback, ready."""
+def server(model: Path, providers: str, microbatch_wait_ms: float, app_root: Path = ROOT
+           ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The real service on loopback, ready; ``app_root``: the checkout whose ``app`` is served (e.g. a
+    ``git archive`` of an earlier commit, to compare before and after in the same conditions)."""
     port = free_port()
     env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model), "COVIDSEG_LOG_LEVEL": "warning",
            "COVIDSEG_PROVIDERS": providers, "COVIDSEG_MICROBATCH_WAIT_MS": str(microbatch_wait_ms)}
     proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            cwd=ROOT)
+                            cwd=app_root)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -120,11 +131,17 @@ def _ready(url: str) -> bool:
         return False
 
 
+def encoded_upload() -> tuple[bytes, str]:
+    """The multipart body of one upload of :data:`SAMPLE` and its content type, encoded once: the load
+    generator shares the server's cores, and re-encoding it per request would measure the client."""
+    prepared = httpx.Request("POST", "http://127.0.0.1/segment",
+                             files={"file": ("x.png", SAMPLE.read_bytes(), "image/png")})
+    return prepared.read(), prepared.headers["content-type"]
+
+
 def client_of(url: str) -> Callable[[httpx.Client], float]:
-    """One request, timed. The multipart body is encoded once: the load generator shares the server's
-    cores, and re-encoding it per request would measure the client, not the service."""
-    prepared = httpx.Request("POST", f"{url}/segment", files={"file": ("x.png", SAMPLE.read_bytes(), "image/png")})
-    body, content_type = prepared.read(), prepared.headers["content-type"]
+    """One request, timed."""
+    body, content_type = encoded_upload()
 
     def one(client: httpx.Client) -> float:
         t0 = time.perf_counter()
@@ -165,6 +182,109 @@ def measure_server(url: str, pid: int, requests: int, clients: list[int]) -> dic
     return result
 
 
+#: The service's overhead targets: single-request end-to-end p50 over model-only p50, per precision.
+OVERHEAD_BARS = {"fp32": 1.10, "int8": 1.25}
+#: What ``overhead`` reads from /metrics: the service's own time per request and per model run.
+SERVER_SUMS = {'covidseg_request_duration_seconds_sum{route="/segment"}': "request_s",
+               'covidseg_request_duration_seconds_count{route="/segment"}': "requests",
+               "covidseg_inference_duration_seconds_sum": "run_s",
+               "covidseg_inference_duration_seconds_count": "runs"}
+
+
+def precision_of(model_path: Path) -> str:
+    return "int8" if model_path.stem.endswith("-int8") else "fp32"
+
+
+def server_sums(client: httpx.Client, url: str) -> dict[str, float]:
+    """The service's latency histogram sums and counts (seconds, requests, model runs), from /metrics."""
+    sums = {}
+    for line in client.get(f"{url}/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in SERVER_SUMS:
+            sums[SERVER_SUMS[name]] = float(value)
+    return sums
+
+
+def measure_overhead(model_path: Path, requests: int, rounds: int, providers: str, app_root: Path
+                     ) -> dict[str, Any]:
+    """Model-only runs in this process and single requests to the served model, in alternating rounds
+    (the server idle during the model-only runs), so that both see the same load on the shared cores."""
+    model, x = OnnxSegmenter(model_path, providers=providers), sample_batch()
+    body, content_type = encoded_upload()
+    per_round = max(1, requests // rounds)
+    model_s, e2e_s, steps = [], [], []
+    with server(model_path, providers, 0.0, app_root) as (url, _), httpx.Client() as client:
+        def request() -> dict[str, float]:
+            t0 = time.perf_counter()
+            r = client.post(f"{url}/segment", content=body, headers={"content-type": content_type}, timeout=300)
+            e2e_s.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            return r.json()["timings_ms"]
+
+        for _ in range(3):
+            model.predict(x)
+            request()
+        model_s.clear(), e2e_s.clear()
+        before = server_sums(client, url)
+        for _ in range(rounds):
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                model.predict(x)
+                model_s.append(time.perf_counter() - t0)
+            steps += [request() for _ in range(per_round)]
+        after = server_sums(client, url)
+    served = {k: after[k] - before.get(k, 0.0) for k in after}
+    result = {"model_p50": statistics.median(model_s), "e2e_p50": statistics.median(e2e_s),
+              "e2e_mean": statistics.fmean(e2e_s),
+              "steps": {k: statistics.median(t[k] for t in steps) for k in steps[0]},
+              "steps_mean_total": statistics.fmean(t["total"] for t in steps),
+              "request_mean": served["request_s"] / served["requests"], "run_mean": served["run_s"] / served["runs"],
+              "inference_mean": statistics.fmean(t["inference"] for t in steps)}
+    result["ratio"] = result["e2e_p50"] / result["model_p50"]
+    print(f"{model_path.name}: model-only p50 {1000 * result['model_p50']:.1f} ms, end-to-end p50 "
+          f"{1000 * result['e2e_p50']:.1f} ms, ratio {result['ratio']:.3f}", flush=True)
+    return result
+
+
+def overhead_table(args: argparse.Namespace, runs: dict[str, dict[str, Any]], load: tuple[float, float]) -> str:
+    """Both ratios against their bars, and where a request's time goes beside the model run."""
+    names = list(runs)
+
+    def ms(seconds: float) -> str:
+        return f"{1000 * seconds:.1f} ms"
+
+    rows = [("model-only ONNX Runtime p50", [ms(r["model_p50"]) for r in runs.values()]),
+            ("single request end-to-end p50", [ms(r["e2e_p50"]) for r in runs.values()]),
+            ("**end-to-end p50 / model-only p50**", [f"**{r['ratio']:.3f}**" for r in runs.values()]),
+            ("bar", [f"<= {OVERHEAD_BARS[precision_of(Path(n))]:.2f}" for n in names])]
+    rows += [(f"`timings_ms.{k}` p50", [f"{r['steps'][k]:.2f} ms" for r in runs.values()])
+             for k in ("decode", "preprocess", "inference", "postprocess")]
+    rows += [("mean: model run in the service (`/metrics`)", [ms(r["run_mean"]) for r in runs.values()]),
+             ("mean: `inference` beyond the model run (hand-off to its thread, or waiting for a slot)",
+              [f"{r['inference_mean'] - 1000 * r['run_mean']:.2f} ms" for r in runs.values()]),
+             ("mean: in the app outside the steps (routing, form, dependencies, hand-offs, JSON, middleware)",
+              [f"{1000 * r['request_mean'] - r['steps_mean_total']:.2f} ms" for r in runs.values()]),
+             ("mean: HTTP, uvicorn and the client (end-to-end - the app's own time)",
+              [f"{1000 * (r['e2e_mean'] - r['request_mean']):.2f} ms" for r in runs.values()])]
+    return (f"## Service overhead (`python -m bench.serve --overhead-only --requests {args.requests} "
+            f"--rounds {args.rounds} --providers {args.providers}`)\n\n"
+            "One 256x256 PNG per request over loopback HTTP (httpx, keep-alive, body encoded once), "
+            "micro-batching off; "
+            f"model-only: the same graph and input in the benchmark's process, batch 1. {args.rounds} alternating "
+            f"rounds of {args.requests // args.rounds} model-only runs and {args.requests // args.rounds} requests per "
+            f"graph. Load average (1 min) {load[0]:.2f} at the start, {load[1]:.2f} at the end.\n\n"
+            "| measurement | " + " | ".join(f"`{n}`" for n in names) + " |\n|---|" + "---:|" * len(names) + "\n"
+            + "".join(f"| {name} | " + " | ".join(values) + " |\n" for name, values in rows))
+
+
+def overhead(args: argparse.Namespace) -> str:
+    int8 = args.model.with_name(f"{args.model.stem}-int8.onnx")
+    load0 = os.getloadavg()[0]
+    runs = {path.name: measure_overhead(path, args.requests, args.rounds, args.providers, args.app_root)
+            for path in [args.model] + ([int8] if int8.exists() else [])}
+    return overhead_table(args, runs, (load0, os.getloadavg()[0]))
+
+
 def serving_table(args: argparse.Namespace, mo_p50: float, mo_tput: float, runs: dict[float, dict[str, Any]]) -> str:
     waits = list(runs)
     head = "| measurement | " + " | ".join(f"micro-batching {'off' if w == 0 else f'{w:g} ms'}" for w in waits)
@@ -203,7 +323,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="micro-batching waits to compare, ms (0 = off, measured first)")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--variants-only", action="store_true", help="only the model-only table of fp32/int8 x flip")
+    p.add_argument("--overhead-only", action="store_true",
+                   help="only the overhead table: end-to-end over model-only p50, fp32 and int8, with a breakdown")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="overhead: alternating rounds of model-only runs and requests (pairs them under changing load)")
+    p.add_argument("--app-root", type=Path, default=ROOT,
+                   help="serve the app of this checkout (e.g. a git archive of an earlier commit, to compare)")
     args = p.parse_args(argv)
+    if args.overhead_only:
+        publish("overhead", overhead(args), write=not args.no_write)
+        return 0
 
     table = variants(args.model, args.requests, args.providers)
     publish("variants", table, write=not args.no_write)
@@ -217,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[wait] = measure_server(url, proc.pid, args.requests, args.clients)
     md = serving_table(args, mo_p50, mo_tput, runs)
     publish("serve", md, write=not args.no_write)
+    publish("overhead", overhead(args), write=not args.no_write)
     return 0
 
 

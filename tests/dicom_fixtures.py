@@ -125,3 +125,92 @@ def rle_overrunning_the_frame(png: Path) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def tinted(png: Path) -> np.ndarray:
+    """The fixture X-ray as a colour picture (sepia, as a digitiser or a screenshot gives it): its
+    three channels differ, so a wrong colour conversion changes the gray the model sees."""
+    gray = np.asarray(Image.open(png).convert("L")).astype(np.float64)
+    return np.stack([gray, gray * 0.85, gray * 0.6], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+def _colour_dataset(rows: int, columns: int, photometric: str, samples: int) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "DOE^JANE", "PID-0001", "19610203", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "20260101", "", "", ""
+    ds.Modality, ds.ConversionType, ds.SeriesNumber, ds.InstanceNumber = "OT", "DI", 1, 1
+    ds.PatientOrientation = ""
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, samples, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    return ds
+
+
+def _bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def make_colour_dicom(rgb: np.ndarray, photometric: str) -> bytes:
+    """``rgb`` (H, W, 3 uint8) encoded as pydicom and its encoders write it: ``RGB`` native,
+    ``YBR_FULL`` (converted by pydicom) in RLE Lossless, ``YBR_FULL_422`` native (chroma of each
+    pixel pair averaged, stored Y Y Cb Cr), ``YBR_RCT`` in JPEG 2000 Lossless (the reversible
+    colour transform, applied by the encoder), ``YBR_ICT`` in lossy JPEG 2000."""
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless
+
+    ds = _colour_dataset(rgb.shape[0], rgb.shape[1], photometric, 3)
+    if photometric == "RGB":
+        ds.PixelData = rgb.tobytes()
+    elif photometric == "YBR_FULL":
+        ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+        ds.PixelData = ybr.tobytes()
+        ds.compress(RLELossless, ybr)
+    elif photometric == "YBR_FULL_422":
+        ybr = convert_color_space(rgb, "RGB", "YBR_FULL").astype(np.float64)
+        pairs = ybr.reshape(ybr.shape[0], -1, 2, 3)  # even width: (rows, pairs, 2 pixels, Y Cb Cr)
+        chroma = np.rint(pairs[..., 1:].mean(axis=2))
+        packed = np.concatenate([pairs[..., 0], chroma], axis=-1)  # Y0 Y1 Cb Cr per pair
+        ds.PixelData = packed.clip(0, 255).astype(np.uint8).tobytes()
+    elif photometric == "YBR_RCT":
+        ds.compress(JPEG2000Lossless, rgb, photometric_interpretation="YBR_RCT")
+    elif photometric == "YBR_ICT":
+        ds.compress(JPEG2000, rgb, photometric_interpretation="YBR_ICT", j2k_psnr=[60])
+    else:
+        raise ValueError(photometric)
+    return _bytes(ds)
+
+
+def make_palette_dicom(image: Image.Image) -> bytes:
+    """A PALETTE COLOR DICOM of a Pillow "P" image: its indices, its palette as three 16-bit LUTs."""
+    indices = np.asarray(image, dtype=np.uint8)
+    ds = _colour_dataset(indices.shape[0], indices.shape[1], "PALETTE COLOR", 1)
+    palette = np.zeros((256, 3), np.uint16)
+    entries = np.asarray(image.getpalette()[:768], np.uint16).reshape(-1, 3)
+    palette[:len(entries)] = entries * 257  # 8-bit entries onto 16 bits
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", palette[:, i].astype("<u2").tobytes())
+    ds.PixelData = indices.tobytes()
+    return _bytes(ds)
+
+
+def img2dcm(jpeg: Path, out: Path) -> bytes:
+    """dcmtk's ``img2dcm``: a JPEG wrapped as it is (a Secondary Capture, JPEG Baseline, YBR_FULL_422)."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("img2dcm") or "/usr/bin/img2dcm"
+    assert Path(tool).exists(), "img2dcm is not installed: apt-get install dcmtk (see README)"
+    subprocess.run([tool, str(jpeg), str(out)], check=True, capture_output=True, timeout=60)
+    return out.read_bytes()

@@ -12,7 +12,8 @@ DCENTVFY = shutil.which("dcentvfy") or "/usr/bin/dcentvfy"
 
 def _run(args: list[str]) -> str:
     assert Path(args[0]).exists(), f"{args[0]} is not installed: apt-get install dicom3tools (see README)"
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    # dicom3tools echoes attribute values in their own character set (Latin-1 names...): not UTF-8
+    done = subprocess.run(args, check=False, capture_output=True, text=True, errors="replace", timeout=120)
     return done.stdout + done.stderr
 
 

@@ -127,8 +127,9 @@ def node(spool: Path, port: int, log: Path, **env: str) -> Iterator[subprocess.P
     """``python -m app.node`` at info level, its log in ``log``; ready once a C-ECHO succeeds."""
     env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model_under_test()), "COVIDSEG_LOG_LEVEL": "info",
            "COVIDSEG_NODE_SPOOL_DIR": str(spool), "COVIDSEG_NODE_PORT": str(port),
-           "COVIDSEG_NODE_ALLOWED_CALLERS": "MODALITY", "COVIDSEG_NODE_RETRY_MAX_WAIT": "1", **env}
-    caller = env["COVIDSEG_NODE_ALLOWED_CALLERS"].split(",")[0]
+           "COVIDSEG_NODE_ALLOWED_CALLERS": "MODALITY", "COVIDSEG_NODE_RETRY_MAX_WAIT": "1",
+           "COVIDSEG_NODE_METRICS_PORT": "0", **env}  # metrics only when a test asks: nodes run side by side
+    caller = env["COVIDSEG_NODE_ALLOWED_CALLERS"].split(",")[0].split("@")[0]  # AE or AE@host: its AE title
     with open(log, "a") as out, running([sys.executable, "-m", "app.node"],
                                         lambda: echo(port, caller).returncode == 0, "node",
                                         env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT) as proc:

@@ -9,12 +9,13 @@ smaller training set is a wrong model nobody notices.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.pipeline.preprocess import binarize_mask
 
@@ -24,7 +25,18 @@ IMAGES_DIR = "images"
 INFECTION_DIR = "infection masks"
 LUNG_DIR = "lung masks"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DATA_ROOT_ENV = "COVIDSEG_DATA_ROOT"
+#: Where the project's machines keep the dataset: beside the checkout.
+SHARED_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid-qu-ex"
+
+
+class DataSettings(BaseSettings):
+    """Training's one setting, ``COVIDSEG_DATA_ROOT``, read the way :class:`app.core.config.Settings`
+    reads the service's; a class of its own because importing those settings brings the service's
+    DICOM and ONNX Runtime stack, and would stop training on a service variable's bad value."""
+
+    model_config = SettingsConfigDict(env_prefix="COVIDSEG_", env_file=None, extra="ignore", env_ignore_empty=True)
+
+    data_root: Path = Field(SHARED_DATA_ROOT, description="folder holding 'Infection Segmentation Data'")
 
 
 class DatasetError(ValueError):
@@ -39,10 +51,7 @@ class DatasetError(ValueError):
 
 def default_data_root() -> Path:
     """``$COVIDSEG_DATA_ROOT`` if set, else ``../shared/data/covid-qu-ex`` beside the project."""
-    env = os.environ.get(DATA_ROOT_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid-qu-ex"
+    return DataSettings().data_root
 
 
 @dataclass(frozen=True)

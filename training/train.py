@@ -18,18 +18,16 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.pipeline.preprocess import INPUT_SIZE
 from training.checkpoint import Checkpointer
-from training.data import LoadedSamples, default_data_root, index_split, limit_per_class, load_samples, recipe_epoch_indices
+from training.data import LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
 from training.dataset import AUGMENTATIONS, SegmentationDataset
 from training.history import plot_history, write_history
 from training.losses import DiceBCELoss
@@ -37,6 +35,7 @@ from training.model import build_model
 from training.onnx_weights import freeze_batchnorm_statistics
 from training.parent import freezes_batchnorm, init_from_parent
 from training.precision import autocast, resolve_device, resolve_precision
+from training.run import RecipeSampler, Run
 from training.validation import selection_key, validate
 
 log = logging.getLogger("training.train")
@@ -91,24 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class RecipeSampler(Sampler[int]):
-    """Indices of one recipe epoch; deterministic per (seed, epoch), so ``--resume`` replays exactly."""
-
-    def __init__(self, covid: np.ndarray, normal: np.ndarray, normal_ratio: float, seed: int):
-        self.covid, self.normal, self.normal_ratio, self.seed = covid, normal, normal_ratio, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(recipe_epoch_indices(self.covid, self.normal, self.normal_ratio, rng).tolist())
-
-    def __len__(self) -> int:
-        return len(self.covid) + min(len(self.normal), int(round(self.normal_ratio * len(self.covid))))
-
-
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -135,30 +116,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return None
-
-
-@dataclass
-class Run:
-    """Everything one training run works with, built by :func:`setup`."""
-
-    args: argparse.Namespace
-    device: torch.device
-    precision: str
-    val_data: LoadedSamples
-    sampler: RecipeSampler
-    loader: DataLoader
-    model: torch.nn.Module
-    ema: torch.optim.swa_utils.AveragedModel | None
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    config: dict[str, Any]
-
-    @property
-    def scored(self) -> torch.nn.Module:
-        """The weights that are validated, selected and exported: the average when there is one."""
-        return self.model if self.ema is None else self.ema.module
 
 
 def load_data(args: argparse.Namespace, data_root: Path, progress: bool) -> tuple[LoadedSamples, LoadedSamples]:

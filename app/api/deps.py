@@ -16,22 +16,24 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="required on every route but /health and /ready when keys are configured")
 
 
-def settings_of(request: Request) -> Settings:
+# The dependencies are coroutines though none awaits anything: FastAPI runs a plain function in a
+# worker thread, and those hand-offs were a good part of a request's overhead (bench/RESULTS.md).
+async def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
-def get_service(request: Request) -> SegmentationService:
+async def get_service(request: Request) -> SegmentationService:
     service: SegmentationService | None = getattr(request.app.state, "service", None)
     if service is None or not service.ready:
         raise HTTPException(503, detail={"code": "not_ready", "detail": "the model is not loaded yet"})
     return service
 
 
-def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+async def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
         return

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.pipeline.dicom.common import DEFAULT_SERIES_NUMBERS, ResultOptions
 from app.pipeline.dicom.common import KINDS as RESULT_KINDS
-from app.pipeline.dicom.common import ResultOptions
 from app.pipeline.infer import CudaOptions
+from app.pipeline.select import CHEST_BODY_PARTS, CHEST_XRAY_MODALITIES, FRONTAL_VIEWS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_NAME = "covidseg-unet-r34"
 #: The shipped model: the one place its path is spelled.
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / f"{DEFAULT_MODEL_NAME}.onnx"
+#: Where the node spools when the user has no home folder (a system account).
+SYSTEM_SPOOL_DIR = Path("/var/lib/covidseg/spool")
+
+
+def default_spool_dir() -> Path:
+    """The node's spool unless set: the user's state folder (``$XDG_STATE_HOME``, else
+    ``~/.local/state``), never inside the checkout, where patient data would be one
+    ``git add`` away from a commit."""
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state_home):  # the XDG spec: a relative value is ignored
+        try:
+            state_home = str(Path.home() / ".local" / "state")
+        except RuntimeError:  # no HOME and no passwd entry
+            return SYSTEM_SPOOL_DIR
+    return Path(state_home) / "covidseg" / "spool"
+
 
 
 CommaList = Annotated[list[str], NoDecode]
@@ -44,8 +62,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = default)")
     inference_concurrency: int = Field(1, ge=1, description="model runs at once (1 keeps the cores for one run)")
-    image_concurrency: int = Field(4, ge=1, description="requests decoding, postprocessing or rendering at "
-                                                        "full resolution at once: bounds memory (bench/RESULTS.md)")
+    image_concurrency: int = Field(4, ge=1, description="requests worked on at full resolution at once (decode "
+                                                        "to answer; the model run too without micro-batching): "
+                                                        "bounds memory (bench/RESULTS.md)")
     microbatch_wait_ms: float | None = Field(
         None, ge=0, description="micro-batching: how long a request may wait for others to share a model run; "
                                 "0 turns it off; empty: 2 ms on CUDA, off on CPU")
@@ -53,22 +72,37 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest accepted file, bytes (413 above)")
     max_batch_files: int = Field(16, ge=1, description="most files in one /segment/batch request")
     max_pixels: int = Field(50_000_000, ge=1, description="largest accepted image, pixels (checked before decoding)")
+    # Slow and idle clients: each open connection holds a socket (a file descriptor) and its buffers.
+    header_timeout: float = Field(30.0, gt=0, description="seconds for a request's headers to arrive, from the "
+                                                          "connection or the request's first byte (408, closed)")
+    body_timeout: float = Field(30.0, gt=0, description="seconds for a whole request body to arrive once its "
+                                                        "headers have (408)")
+    keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
+    max_connections: int = Field(256, ge=1, description="open HTTP connections at most; a new one beyond "
+                                                        "gets 503 and is closed")
+    docs_public: bool = Field(False, description="serve /docs, /redoc and /openapi.json without an API key "
+                                                 "when keys are set")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated API keys; when set, X-API-Key is required")
     log_level: str = Field("info", description="log level")
+    viewer: bool = Field(True, description="serve the browser viewer at / and /viewer (false: API only)")
 
     # DICOM results (HTTP dicom-* formats, the node and the bridge)
-    seg_series_number: int = Field(9901, ge=0, description="SeriesNumber of DICOM Segmentation results")
-    sc_series_number: int = Field(9902, ge=0, description="SeriesNumber of Secondary Capture results")
-    sr_series_number: int = Field(9903, ge=0, description="SeriesNumber of structured report results")
+    seg_series_number: int = Field(DEFAULT_SERIES_NUMBERS["seg"], ge=0,
+                                   description="SeriesNumber of DICOM Segmentation results")
+    sc_series_number: int = Field(DEFAULT_SERIES_NUMBERS["sc"], ge=0,
+                                  description="SeriesNumber of Secondary Capture results")
+    sr_series_number: int = Field(DEFAULT_SERIES_NUMBERS["sr"], ge=0,
+                                  description="SeriesNumber of structured report results")
     institution_name: str | None = Field(None, description="InstitutionName written into results")
 
     # Which images are segmented (the node and the bridge): chest X-rays for presentation.
-    select_modalities: CommaList = Field(["CR", "DX"], description="modalities to segment")
-    select_body_parts: CommaList = Field(["CHEST", ""], description="BodyPartExamined values to segment; "
-                                                                    "an empty item admits images without it")
-    select_views: CommaList = Field(["PA", "AP", ""], description="ViewPosition values to segment; "
-                                                                  "an empty item admits images without it")
+    select_modalities: CommaList = Field(list(CHEST_XRAY_MODALITIES), description="modalities to segment "
+                                                                                   "(and to ask the PACS for)")
+    select_body_parts: CommaList = Field(list(CHEST_BODY_PARTS), description="BodyPartExamined values to segment; "
+                                                                             "an empty item admits images without it")
+    select_views: CommaList = Field(list(FRONTAL_VIEWS), description="ViewPosition values to segment; "
+                                                                     "an empty item admits images without it")
     select_for_processing: bool = Field(False, description="also segment DX 'FOR PROCESSING' (raw detector) images")
 
     # The DICOM node (python -m app.node)
@@ -76,15 +110,29 @@ class Settings(BaseSettings):
     node_host: str = Field("0.0.0.0", description="address the node listens on")
     node_port: int = Field(11112, ge=1, le=65535, description="DICOM port of the node")
     node_allowed_callers: CommaList = Field(
-        [], description="calling AE titles allowed to associate; empty admits any caller (logged as a warning)")
+        [], description="calling AE titles allowed to associate, each as AE (from any address) or AE@host (from "
+                        "that host only: an IP address or a name resolved at start; repeat the AE for several "
+                        "hosts); empty admits any caller (logged as a warning)")
     node_destination: str | None = Field(None, description="where results go by C-STORE: AE@host:port")
     node_stow_url: str | None = Field(None, description="where results go by STOW-RS: a DICOMweb base URL")
-    node_outputs: CommaList = Field(["seg", "sc", "sr"], description="results made per image: seg, sc, sr")
+    node_outputs: CommaList = Field(list(RESULT_KINDS), description="results made per image: seg, sc, sr")
+    node_sc_transfer_syntax: Literal["jpeg-ls-lossless", "jpeg2000-lossless", "rle", "uncompressed"] = Field(
+        "jpeg-ls-lossless", description="C-STORE: the compressed (lossless) transfer syntax also proposed for the "
+                                        "Secondary Capture; sent uncompressed when the destination refuses it")
     node_threshold: float | None = Field(None, ge=0, le=1, description="infection threshold (default: the card's)")
-    node_spool_dir: Path = Field(Path("spool"), description="received images and undelivered results "
-                                                            "(patient data: owner-only, emptied on delivery)")
-    viewer: bool = Field(True, description="serve the browser viewer at / and /viewer (false: API only)")
+    node_spool_dir: Path = Field(default_factory=default_spool_dir,
+                                 description="received images and undelivered results (patient data: owner-only, "
+                                             "emptied on delivery); default outside the checkout")
     node_retry_max_wait: float = Field(60.0, gt=0, description="longest wait between delivery attempts, seconds")
+    node_audit_log: Path | None = Field(None, description="the node's audit trail, one JSON line per event (AE "
+                                                          "titles, addresses and UIDs: owner-only); empty: "
+                                                          "audit/node-audit.jsonl in the spool folder")
+    node_audit_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="audit log size at which it is rotated")
+    node_audit_backups: int = Field(10, ge=1, description="rotated audit logs kept (the oldest is deleted)")
+    node_done_max: int = Field(20_000, ge=0, description="instances remembered as done, so a re-sent one is not "
+                                                          "segmented again (oldest forgotten first; 0: off)")
+    node_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus metrics of the node on this "
+                                                                     "port (on node_host); 0: off")
 
     # The PACS bridge (python -m app.pacs)
     pacs_orthanc_url: str | None = Field(None, description="Orthanc REST API base URL")
@@ -96,7 +144,7 @@ class Settings(BaseSettings):
     pacs_service_url: str = Field("http://127.0.0.1:8000", description="the segmentation service")
     pacs_api_key: str | None = Field(None, description="X-API-Key for the service")
     pacs_threshold: float | None = Field(None, ge=0, le=1, description="infection threshold (default: the card's)")
-    pacs_outputs: CommaList = Field(["seg", "sc", "sr"], description="results stored per image: seg, sc, sr")
+    pacs_outputs: CommaList = Field(list(RESULT_KINDS), description="results stored per image: seg, sc, sr")
     pacs_state_file: Path = Field(Path("covidseg-pacs-state.json"), description="what the bridge has done")
     pacs_retries: int = Field(5, ge=1, description="attempts per call before leaving work pending")
     pacs_retry_wait: float = Field(1.0, ge=0, description="first backoff wait, seconds")
@@ -116,6 +164,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):  # "CHEST," -> [CHEST, ""]: an empty item admits images without the tag
             items = [k.strip().upper() for k in value.split(",")]
             return [k for k in items if k] + ([""] if "" in items else [])
+        return value
+
+    @field_validator("node_allowed_callers")
+    @classmethod
+    def _callers(cls, value: list[str]) -> list[str]:
+        for entry in value:  # AE or AE@host; a host is resolved when the node starts
+            title, _, host = entry.partition("@")
+            if not 0 < len(title.strip()) <= 16 or ("@" in entry and not host.strip()):
+                raise ValueError(f"each entry is AE or AE@host (AE 1-16 characters), got {entry!r}")
         return value
 
     @field_validator("node_outputs", "pacs_outputs")
@@ -140,10 +197,20 @@ class Settings(BaseSettings):
         return ResultOptions(series_numbers={"seg": self.seg_series_number, "sc": self.sc_series_number,
                                              "sr": self.sr_series_number}, institution_name=self.institution_name)
 
+    def node_audit_path(self) -> Path:
+        """The node's audit log: the setting, else in the spool folder, so it is wherever the spool's
+        owner-only, persistent storage is (a volume in Docker and Kubernetes), never in the checkout."""
+        return self.node_audit_log or self.node_spool_dir / "audit" / "node-audit.jsonl"
+
     @property
     def max_request_bytes(self) -> int:
         """Cap on a whole request body: room for a full batch plus multipart framing."""
         return self.max_upload_bytes * self.max_batch_files + 64 * 1024
+
+
+def setting_default(name: str) -> Any:
+    """The default of one setting, for code that takes it as a parameter, so it is spelled once."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
 def settings_from_environment() -> Settings:

@@ -7,6 +7,8 @@ SEG, SC and SR on to a destination AE (C-STORE) and/or a DICOMweb server (STOW-R
 
 Every setting is a COVIDSEG_NODE_* / COVIDSEG_SELECT_* environment variable (README, Configuration).
 Stop with Ctrl-C or SIGTERM: what is queued stays in the spool and is sent at the next start.
+What it did is in the audit log (COVIDSEG_NODE_AUDIT_LOG), its counts on a Prometheus endpoint
+(COVIDSEG_NODE_METRICS_PORT).
 """
 
 from __future__ import annotations
@@ -16,16 +18,26 @@ import logging
 import signal
 import threading
 
-from app.core.logs import configure_logging
+from pynetdicom import evt
+
 from app.core.config import Settings, settings_from_environment
-from app.node.scp import build_ae, handle_echo, store_handler
+from app.core.logs import configure_logging
+from app.node.audit import AuditLog, Participant
+from app.node.done import DoneRecord
+from app.node.metrics import NodeMetrics
+from app.node.scp import (
+    AllowList,
+    association_handlers,
+    build_ae,
+    handle_echo,
+    store_handler,
+)
 from app.node.sender import CStoreSender, DicomDestination, StowSender
 from app.node.spool import Spool
 from app.node.worker import Deliverer, Segmenter
 from app.pacs.dicomweb import DicomWebClient
 from app.pipeline.select import SelectionRules
 from app.services.segmentation import SegmentationService
-from pynetdicom import evt
 
 log = logging.getLogger("app.node")
 
@@ -56,29 +68,67 @@ def build_senders(settings: Settings) -> list:
     return senders
 
 
+def allow_list(settings: Settings) -> AllowList:
+    try:
+        return AllowList.parse(settings.node_allowed_callers)
+    except ValueError as exc:  # a host name that does not resolve
+        raise SystemExit(f"configuration error: COVIDSEG_NODE_ALLOWED_CALLERS: {exc}") from None
+
+
+def audit_log(settings: Settings) -> AuditLog:
+    try:
+        return AuditLog(settings.node_audit_path(), settings.node_ae_title, settings.node_audit_max_bytes,
+                        settings.node_audit_backups)
+    except OSError as exc:  # no audit trail, no node
+        raise SystemExit(f"cannot open the audit log {settings.node_audit_path()} (COVIDSEG_NODE_AUDIT_LOG): "
+                         f"{type(exc).__name__}: {exc.strerror}") from None
+
+
+def serve_metrics(metrics: NodeMetrics, settings: Settings) -> None:
+    if not settings.node_metrics_port:
+        return
+    try:
+        metrics.serve(settings.node_host, settings.node_metrics_port)
+    except OSError as exc:  # the port is taken: say so, as for any other setting
+        raise SystemExit(f"cannot serve metrics on {settings.node_host}:{settings.node_metrics_port} "
+                         f"(COVIDSEG_NODE_METRICS_PORT): {exc.strerror}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     configure_logging(settings.log_level)
     senders = build_senders(settings)
+    allow = allow_list(settings)
     spool = Spool(settings.node_spool_dir)
+    audit, metrics = audit_log(settings), NodeMetrics(spool)
+    serve_metrics(metrics, settings)
+    done = DoneRecord(spool.root / "done.sqlite", settings.node_done_max) if settings.node_done_max else None
     service = SegmentationService.from_settings(settings)
     service.warm_up()
     threshold = service.default_threshold if settings.node_threshold is None else settings.node_threshold
-    deliverer = Deliverer(spool, senders, settings.node_retry_max_wait)
-    segmenter = Segmenter(spool, service, settings.node_outputs, threshold, settings.max_pixels, deliverer)
-    ae = build_ae(settings.node_ae_title, settings.node_allowed_callers)
-    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, store_handler(spool, SelectionRules.from_settings(
-        settings), segmenter.wake))]
-    if not settings.node_allowed_callers:
+    me = Participant(settings.node_ae_title, settings.node_host, settings.node_port)
+    deliverer = Deliverer(spool, senders, settings.node_retry_max_wait, node=Participant(settings.node_ae_title),
+                          done=done, audit=audit, metrics=metrics)
+    segmenter = Segmenter(spool, service, settings.node_outputs, threshold, settings.max_pixels, deliverer,
+                          done=done, audit=audit, metrics=metrics)
+    ae = build_ae(settings.node_ae_title, allow)
+    handlers = [(evt.EVT_C_ECHO, handle_echo), *association_handlers(allow, audit),
+                (evt.EVT_C_STORE, store_handler(spool, SelectionRules.from_settings(settings), segmenter.wake,
+                                                audit, metrics))]
+    if allow.any_caller:
         log.warning("no COVIDSEG_NODE_ALLOWED_CALLERS: any calling AE title may store to this node")
     deliverer.start()
     segmenter.start()
     server = ae.start_server((settings.node_host, settings.node_port), block=False, evt_handlers=handlers)
+    audit.record("node-started", description=f"listening; results {','.join(settings.node_outputs)} by "
+                 f"{'; '.join(s.describe() for s in senders)}", source=me)
     info = service.model.info
     log.info("node %s listening on %s:%d; model %s %s on %s; results %s by %s; %d received and %d results queued",
              settings.node_ae_title, settings.node_host, settings.node_port, info.name, info.version,
              ",".join(info.providers), ",".join(settings.node_outputs), "; ".join(s.describe() for s in senders),
              len(spool.items(spool.incoming)), len(spool.items(spool.outgoing)))
+    log.info("audit log %s; metrics %s", settings.node_audit_path(),
+             f"on {settings.node_host}:{settings.node_metrics_port}" if settings.node_metrics_port else "off")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -89,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         worker.stop()
     segmenter.join(timeout=120)  # finishes the image in hand; its results are on disk before it ends
     deliverer.join(timeout=60)
+    audit.record("node-stopped", description="stopped; queued work stays in the spool", source=me)
+    audit.close()
     return 0
 
 

@@ -2,23 +2,34 @@
 
 A connection that cannot be made or breaks is *transient* (:class:`DestinationDown`): the item
 stays queued and delivery is tried again later. A destination that answers but refuses the
-object (a C-STORE failure status, a STOW-RS 4xx) is *final* for that object (:class:`Refused`).
+object (a C-STORE failure status, a STOW-RS 4xx but 408 and 429) is *final* for that object (:class:`Refused`).
+
+By C-STORE the Secondary Capture (an RGB image: 12 MB uncompressed at 2048 px) is offered compressed
+as well (``COVIDSEG_NODE_SC_TRANSFER_SYNTAX``, lossless), in a presentation context of its own beside the
+uncompressed one: compressed when the destination accepts that context, uncompressed otherwise.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import httpx
 import pydicom
+from pydicom.uid import SecondaryCaptureImageStorage
 from pynetdicom import AE
+from pynetdicom.association import Association
 
-from app.node.transfer import STORAGE_TRANSFER_SYNTAXES
+from app.core.config import get_settings
+from app.node.transfer import SC_TRANSFER_SYNTAXES, SENT_TRANSFER_SYNTAXES
 from app.pacs.dicomweb import DicomWebClient
+from app.pacs.service_client import is_retryable_status
 
 #: C-STORE statuses that mean stored (0x0000) or stored with a warning (0xB000, 0xB006, 0xB007).
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+log = logging.getLogger("app.node")
 
 
 class DestinationDown(Exception):
@@ -47,30 +58,63 @@ class DicomDestination:
 
 
 class CStoreSender:
-    def __init__(self, destination: DicomDestination, calling_ae: str, timeout: float = 30.0):
+    def __init__(self, destination: DicomDestination, calling_ae: str, timeout: float = 30.0,
+                 sc_transfer_syntax: str | None = None):
+        """``sc_transfer_syntax``: a ``COVIDSEG_NODE_SC_TRANSFER_SYNTAX`` value (None: the setting's)."""
         self.destination = destination
         self.ae = AE(ae_title=calling_ae)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
         self.ae.connection_timeout = timeout
+        name = get_settings().node_sc_transfer_syntax if sc_transfer_syntax is None else sc_transfer_syntax
+        if name not in SC_TRANSFER_SYNTAXES:
+            raise ValueError(f"an SC transfer syntax is one of {', '.join(SC_TRANSFER_SYNTAXES)}, got {name!r}")
+        self.sc_syntax = SC_TRANSFER_SYNTAXES[name]
 
     def describe(self) -> str:
         d = self.destination
         return f"C-STORE to {d.ae_title}@{d.host}:{d.port}"
 
+    def propose(self, datasets: list[pydicom.Dataset]) -> None:
+        """Uncompressed for every SOP class sent; for the Secondary Capture also the compressed syntax,
+        alone in its own context, so that a destination can refuse it and still accept the SC."""
+        self.ae.requested_contexts = []
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+            self.ae.add_requested_context(sop_class, SENT_TRANSFER_SYNTAXES)
+            if sop_class == SecondaryCaptureImageStorage and self.sc_syntax:
+                self.ae.add_requested_context(sop_class, [self.sc_syntax])
+
+    def accepts_compressed_sc(self, assoc: Association) -> bool:
+        return bool(self.sc_syntax) and any(
+            cx.abstract_syntax == SecondaryCaptureImageStorage and cx.transfer_syntax[0] == self.sc_syntax
+            for cx in assoc.accepted_contexts)
+
+    def as_accepted(self, data: bytes, ds: pydicom.Dataset, assoc: Association) -> pydicom.Dataset:
+        """``ds`` (read from ``data``) compressed when it is an uncompressed SC and the destination accepted
+        the compressed context; otherwise as it is."""
+        if (ds.SOPClassUID != SecondaryCaptureImageStorage or ds.file_meta.TransferSyntaxUID.is_compressed
+                or not self.accepts_compressed_sc(assoc)):
+            return ds
+        compressed = pydicom.dcmread(io.BytesIO(data))  # a copy: a failed encoding leaves ``ds`` whole
+        try:
+            compressed.compress(self.sc_syntax)
+        except Exception as exc:  # noqa: BLE001 - an encoder missing or refusing the image: send it uncompressed
+            log.warning("a Secondary Capture is sent uncompressed: it could not be compressed (%s)",
+                        type(exc).__name__)
+            return ds
+        return compressed
+
     def send(self, items: list[bytes]) -> list[Exception | None]:
         """One association for all items; per item None (stored) or :class:`Refused`."""
         datasets = [pydicom.dcmread(io.BytesIO(data)) for data in items]
-        self.ae.requested_contexts = []
-        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-            self.ae.add_requested_context(sop_class, STORAGE_TRANSFER_SYNTAXES[:2])
+        self.propose(datasets)
         d = self.destination
         assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title)
         if not assoc.is_established:
             raise DestinationDown(f"no association with {d.ae_title}@{d.host}:{d.port}")
         outcomes: list[Exception | None] = []
         try:
-            for ds in datasets:
-                status = assoc.send_c_store(ds)
+            for data, ds in zip(items, datasets):
+                status = assoc.send_c_store(self.as_accepted(data, ds, assoc))
                 if not status or "Status" not in status:  # aborted or timed out
                     raise DestinationDown("the association was lost during C-STORE")
                 code = int(status.Status)
@@ -101,7 +145,7 @@ class StowSender:
             raise DestinationDown(type(exc).__name__) from exc
         except httpx.HTTPStatusError as exc:
             code = exc.response.status_code
-            if code >= 500 or code in (408, 429):
+            if is_retryable_status(code):
                 raise DestinationDown(f"STOW-RS answered {code}") from exc
             return Refused(f"STOW-RS answered {code}")
         return None

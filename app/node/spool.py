@@ -2,13 +2,16 @@
 
 It holds patient data. The folders are created owner-only (0700) and every file owner-only
 (0600); a file is written to a temporary name, flushed to disk and renamed, so a crash never
-leaves a half-written item. Items leave the spool as soon as their results are delivered.
+leaves a half-written item, and the folder is flushed too before the item counts as received, so
+the rename survives a power loss. Items leave the spool as soon as their results are delivered.
 
     incoming/  received instances waiting to be segmented (acknowledged only once here)
     outgoing/  results waiting to be delivered
-    failed/    instances that could not be segmented and results the destination refused,
+    failed/    instances that could not be segmented, results the destination refused or that cannot be read,
                kept for an administrator (never retried by themselves)
     .alive-*   empty files each worker touches while it runs (``python -m app.node.health``)
+    done.sqlite  the instances already done, so one sent again is not segmented again (app.node.done)
+    audit/     the audit log, unless COVIDSEG_NODE_AUDIT_LOG puts it elsewhere (app.node.audit)
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ def beat_age(root: Path | str, worker: str) -> float | None:
         return max(0.0, time.time() - heartbeat_path(root, worker).stat().st_mtime)
     except FileNotFoundError:
         return None
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk: until then a power loss may undo a rename into it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Spool:
@@ -81,6 +93,7 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, path)
+        sync_folder(folder)  # the node acknowledges a received image once this returns
         return path
 
     def receive(self, data: bytes) -> Path:

@@ -1,17 +1,28 @@
-"""What the node accepts: SOP classes and transfer syntaxes (see docs/dicom-conformance.md)."""
+"""What the node accepts and what it proposes: SOP classes and transfer syntaxes (see docs/dicom-conformance.md)."""
 
 from __future__ import annotations
 
 from pydicom import uid
 from pynetdicom import sop_class
 
-#: Every syntax the reader decodes (pydicom with the pylibjpeg, openjpeg, rle and pyjpegls plugins);
-#: the first two are what the node itself proposes when it sends results.
+#: Every syntax the reader decodes (pydicom with the pylibjpeg, openjpeg, rle and pyjpegls plugins).
 STORAGE_TRANSFER_SYNTAXES = [
     uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
     uid.ExplicitVRBigEndian, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
     uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000, uid.RLELossless,
 ]
+
+#: What the node proposes for every result it sends: uncompressed, which every Storage SCP accepts.
+SENT_TRANSFER_SYNTAXES = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]
+
+#: ``COVIDSEG_NODE_SC_TRANSFER_SYNTAX`` -> the compressed syntax proposed for the Secondary Capture in a
+#: presentation context of its own (None: none). Lossless only, the ones pydicom can encode: JPEG-LS
+#: (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg) and RLE (pydicom's own encoder); there is no JPEG
+#: (ITU-T T.81) encoder for pydicom.
+SC_TRANSFER_SYNTAXES: dict[str, str | None] = {
+    "jpeg-ls-lossless": uid.JPEGLSLossless, "jpeg2000-lossless": uid.JPEG2000Lossless, "rle": uid.RLELossless,
+    "uncompressed": None,
+}
 
 #: Accepted as Storage SCP: the projection X-ray classes. DX "for processing" is accepted so that a
 #: modality sending it gets a success and the node can log it as skipped, not an association error.

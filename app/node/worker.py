@@ -2,22 +2,39 @@
 
 :class:`Segmenter`: incoming/ -> read, preprocess, infer, postprocess, write (the same units as
 the HTTP service) -> outgoing/. Results are written before the received instance is removed;
-result UIDs are deterministic, so redoing an item after a crash yields the same objects.
+result UIDs are deterministic, so redoing an item after a crash yields the same objects. An
+instance already done with the same model and settings (app.node.done) is not segmented again.
 
 :class:`Deliverer`: outgoing/ -> each destination; a result leaves the spool once every
 destination has it. While a destination is down it waits with exponential backoff (tenacity's
 wait), up to ``max_wait`` seconds between attempts, for as long as it takes.
+
+Both record what they do in the audit log (app.node.audit) and count it (app.node.metrics).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import pydicom
+from pydicom.uid import SegmentationStorage
 from tenacity import RetryCallState, wait_exponential
 
+from app.node.audit import (
+    MINOR_FAILURE,
+    SERIOUS_FAILURE,
+    NoAudit,
+    Participant,
+    destination_of,
+    instance,
+)
+from app.node.done import DoneRecord, done_key
+from app.node.metrics import NodeMetrics
 from app.node.sender import DestinationDown, Refused
 from app.node.spool import Spool
 from app.pipeline.dicom.read import load_dicom_bytes
@@ -72,12 +89,54 @@ class SpoolWorker(threading.Thread):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Header:
+    """What the audit log and the done record need of a DICOM file: its UIDs."""
+
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    source_uid: str | None = None  # for a result: the image it was made from
+
+    @classmethod
+    def read(cls, data: bytes, result: bool = False) -> Header:
+        """Raises whatever pydicom raises for bytes that are no DICOM file."""
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        uid, sop_class = ds.get("SOPInstanceUID"), ds.get("SOPClassUID")
+        return cls(str(uid) if uid else None, str(sop_class) if sop_class else None,
+                   source_of(ds) if result else None)
+
+    def fields(self, **extra: Any) -> dict[str, Any]:
+        return instance(self.sop_instance_uid, self.sop_class_uid, SourceSOPInstanceUID=self.source_uid, **extra)
+
+
+def source_of(result: pydicom.Dataset) -> str | None:
+    """The source image a result references: SEG and SC by Source Image Sequence, the SR by its
+    evidence (the item that is not the SEG)."""
+    for item in result.get("SourceImageSequence", []):
+        return str(item.ReferencedSOPInstanceUID)
+    for study in result.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            for ref in series.get("ReferencedSOPSequence", []):
+                if ref.get("ReferencedSOPClassUID") != SegmentationStorage:
+                    return str(ref.ReferencedSOPInstanceUID)
+    return None
+
+
+def header_or_none(data: bytes) -> Header | None:
+    try:
+        return Header.read(data)
+    except Exception:  # noqa: BLE001 - unreadable: the pipeline's own reading says why
+        return None
+
+
 class Segmenter(SpoolWorker):
     def __init__(self, spool: Spool, service: SegmentationService, outputs: list[str], threshold: float,
-                 max_pixels: int, deliverer: "Deliverer"):
+                 max_pixels: int, deliverer: Deliverer, done: DoneRecord | None = None, audit=None,
+                 metrics: NodeMetrics | None = None):
         super().__init__("segmenter", spool)
         self.service, self.outputs, self.threshold = service, outputs, threshold
-        self.max_pixels, self.deliverer = max_pixels, deliverer
+        self.max_pixels, self.deliverer, self.done = max_pixels, deliverer, done
+        self.audit, self.metrics = audit or NoAudit(), metrics or NodeMetrics()
 
     def drain(self) -> None:
         for path in self.spool.items(self.spool.incoming):
@@ -87,20 +146,57 @@ class Segmenter(SpoolWorker):
             self.segment(path)
 
     def segment(self, path: Path) -> None:
-        try:
-            results = self.results_of(path.read_bytes())
-        except Exception as exc:  # noqa: BLE001 - one bad image must not hold up the queue behind it
-            reason = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}"
-            # the reason file (owner-only) has the message; it may quote the file's values, the log does not
-            code = exc.code if isinstance(exc, PipelineError) else type(exc).__name__
-            log.warning("an instance could not be segmented (%s); kept in %s", code, self.spool.failed)
-            self.spool.set_aside(path, reason)
+        data = path.read_bytes()
+        source = header_or_none(data)
+        key = self.key_of(source)
+        if key and self.skip_if_done(path, key, source):
             return
-        for kind, data in results.items():
-            self.spool.write(self.spool.outgoing, f"{path.stem}-{kind}.dcm", data)
+        try:
+            results = self.results_of(data)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not hold up the queue behind it
+            self.set_aside(path, exc, source)
+            return
+        made = {kind: Header.read(result, result=True) for kind, result in results.items()}
+        for kind, result in results.items():
+            self.spool.write(self.spool.outgoing, f"{path.stem}-{kind}.dcm", result)
+        if key:  # after the results are on disk: a crash before this redoes the item, never loses it
+            self.done.add(key, [h.sop_instance_uid for h in made.values() if h.sop_instance_uid])
+        for kind, header in made.items():
+            self.audit.record("result-made", description=f"{kind} made and queued for delivery",
+                              **header.fields(ResultKind=kind))
         path.unlink()
+        self.metrics.segmented.inc()
         log.info("segmented an instance: %d result(s) queued", len(results))
         self.deliverer.wake()
+
+    def key_of(self, source: Header | None) -> str | None:
+        """The done record's key for this instance with this node's model and settings."""
+        if self.done is None or source is None or not source.sop_instance_uid:
+            return None
+        return done_key(source.sop_instance_uid, self.service.model_ref().sha256, self.threshold,
+                        self.service.default_tta, self.outputs)
+
+    def skip_if_done(self, path: Path, key: str, source: Header) -> bool:
+        """True (and the received copy removed) when this instance's results were made already."""
+        results = self.done.results_of(key)
+        if results is None:
+            return False
+        path.unlink()
+        self.audit.record("instance-already-done", description="already segmented with this model and settings: "
+                          "not segmented or delivered again", **source.fields(ResultSOPInstanceUIDs=results))
+        self.metrics.already_done.inc()
+        log.info("skipped an instance already segmented with this model and settings")
+        return True
+
+    def set_aside(self, path: Path, exc: Exception, source: Header | None) -> None:
+        reason = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}"
+        # the reason file (owner-only) has the message; it may quote the file's values, the log does not
+        code = exc.code if isinstance(exc, PipelineError) else type(exc).__name__
+        log.warning("an instance could not be segmented (%s); kept in %s", code, self.spool.failed)
+        self.spool.set_aside(path, reason)
+        self.audit.record("instance-not-segmented", SERIOUS_FAILURE, f"cannot be segmented ({code}); kept in failed/",
+                          **(source.fields() if source else {}))
+        self.metrics.failed.labels("segment").inc()
 
     def results_of(self, data: bytes) -> dict[str, bytes]:
         loaded = load_dicom_bytes(data, self.max_pixels)
@@ -109,11 +205,26 @@ class Segmenter(SpoolWorker):
         return {kind: dicom_of(kind, seg, loaded, model, options) for kind in self.outputs}
 
 
+def unreadable(data: bytes) -> str | None:
+    """Why ``data`` is no DICOM file a destination could take (None when it is one): such an item,
+    cut short by a disk error say, is set aside rather than stopping every result queued behind it."""
+    try:
+        pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, no destination can be sent it
+        return f"not a readable DICOM file ({type(exc).__name__})"
+    return None
+
+
 class Deliverer(SpoolWorker):
-    def __init__(self, spool: Spool, senders: list[Sender], max_wait: float = 60.0, batch: int = 32):
+    def __init__(self, spool: Spool, senders: list[Sender], max_wait: float = 60.0, batch: int = 32,
+                 node: Participant | None = None, done: DoneRecord | None = None, audit=None,
+                 metrics: NodeMetrics | None = None):
         super().__init__("deliverer", spool, poll=5.0)
         self.senders, self.batch = senders, batch
-        self.backoff = wait_exponential(multiplier=0.5, min=0.5, max=max_wait)
+        self.node, self.done = node, done  # node: the calling AE, as the audit log names it
+        self.audit, self.metrics = audit or NoAudit(), metrics or NodeMetrics()
+        # 0.5 s, doubling, never over max_wait (also when max_wait is set under 0.5 s)
+        self.backoff = wait_exponential(multiplier=0.5, min=min(0.5, max_wait), max=max_wait)
         self.failures = 0
 
     def drain(self) -> None:
@@ -140,16 +251,53 @@ class Deliverer(SpoolWorker):
 
     def deliver(self, items: list[Path]) -> None:
         """Send to every destination; an item leaves the spool once all have it (or refused it)."""
-        payloads = [p.read_bytes() for p in items]
+        payloads: dict[Path, bytes] = {}
+        headers: dict[Path, Header] = {}
         refusals: dict[Path, str] = {}
-        for sender in self.senders:
-            for path, outcome in zip(items, sender.send(payloads)):
+        for path in items:
+            data = path.read_bytes()
+            problem = unreadable(data)
+            if problem:
+                refusals[path] = problem
+                self.audit.record("result-not-delivered", SERIOUS_FAILURE, f"{problem}; kept in failed/",
+                                  source=self.node)
+            else:
+                payloads[path], headers[path] = data, Header.read(data, result=True)
+        for sender in self.senders if payloads else []:
+            for path, outcome in zip(payloads, self.send(sender, list(payloads.values()), list(headers.values()))):
                 if isinstance(outcome, Refused):
                     refusals[path] = f"{sender.describe()}: {outcome}"
         for path in items:
             if path in refusals:
-                log.warning("a result was refused (%s); kept in %s", refusals[path], self.spool.failed)
+                log.warning("a result cannot be delivered (%s); kept in %s", refusals[path], self.spool.failed)
                 self.spool.set_aside(path, refusals[path])
+                self.metrics.failed.labels("deliver").inc()
+                header = headers.get(path)
+                if self.done is not None and header and header.sop_instance_uid:
+                    self.done.forget_result(header.sop_instance_uid)  # sent again, its instance is made again
             else:
                 path.unlink()
+                self.metrics.observe_delivery(path)
         log.info("delivered %d result(s)", len(items) - len(refusals))
+
+    def send(self, sender: Sender, payloads: list[bytes], headers: list[Header]) -> list[Exception | None]:
+        """One sender's attempt, recorded: begun, then each result delivered or refused, or the
+        destination unreachable (then raised on, to be retried)."""
+        where, what = destination_of(sender), sender.describe()
+        parties = {"source": self.node, "destination": where}
+        self.audit.record("delivery-started", description=what, NumberOfInstances=len(payloads), **parties)
+        try:
+            outcomes = sender.send(payloads)
+        except DestinationDown as exc:
+            self.audit.record("destination-unreachable", MINOR_FAILURE, f"{what}: {exc}; retried later",
+                              NumberOfInstances=len(payloads), **parties)
+            self.metrics.unreachable.labels(what).inc()
+            raise
+        for header, outcome in zip(headers, outcomes):
+            if isinstance(outcome, Refused):
+                self.audit.record("result-not-delivered", SERIOUS_FAILURE, f"{what}: {outcome}; kept in failed/",
+                                  **parties, **header.fields())
+            else:
+                self.audit.record("result-delivered", description=what, **parties, **header.fields())
+                self.metrics.delivered.labels(what).inc()
+        return outcomes

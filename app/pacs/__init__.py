@@ -1,1 +1,1 @@
-"""PACS bridge: finds CR/DX X-rays in Orthanc, segments them with the service, stores SEG and SC back."""
+"""PACS bridge: finds chest X-rays (the selected modalities) in a PACS, segments them with the service, stores SEG and SC back."""

@@ -1,4 +1,4 @@
-"""``python -m app.pacs``: segment the CR/DX chest X-rays of a PACS and store SEG, SC and SR back.
+"""``python -m app.pacs``: segment the chest X-rays of a PACS and store SEG, SC and SR back.
 
     python -m app.pacs --orthanc-url http://pacs:8042                      # Orthanc's REST API
     python -m app.pacs --dicomweb-url http://pacs:8042/dicom-web           # any DICOMweb PACS
@@ -8,7 +8,8 @@
 
 Before making a result it asks the PACS whether that result of this model version already
 exists, so re-runs (even with the state file lost) add nothing. Every flag has an environment
-variable COVIDSEG_PACS_<FLAG> (e.g. COVIDSEG_PACS_DICOMWEB_URL); selection rules are COVIDSEG_SELECT_*.
+variable COVIDSEG_PACS_<FLAG> (e.g. COVIDSEG_PACS_DICOMWEB_URL); selection rules are COVIDSEG_SELECT_*
+(the PACS is asked for COVIDSEG_SELECT_MODALITIES only: CR and DX by default).
 Exit status: 0 done, 3 instances left pending (service or PACS unreachable), 130 interrupted.
 """
 
@@ -19,6 +20,7 @@ import logging
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from app.core.logs import configure_logging
@@ -29,6 +31,7 @@ from app.pacs.instance import Pacs
 from app.pacs.orthanc import OrthancClient
 from app.pacs.service_client import ServiceClient
 from app.pacs.state import BridgeState
+from app.pipeline.dicom.common import KINDS
 from app.pipeline.select import SelectionRules
 
 
@@ -43,7 +46,7 @@ def parse_args(argv: list[str] | None, s: Settings) -> argparse.Namespace:
     p.add_argument("--service-url", default=s.pacs_service_url)
     p.add_argument("--api-key", default=s.pacs_api_key, help="X-API-Key for the service")
     p.add_argument("--threshold", type=float, default=s.pacs_threshold, help="default: the model card's")
-    p.add_argument("--outputs", default=",".join(s.pacs_outputs), help="results per image: seg,sc,sr")
+    p.add_argument("--outputs", default=",".join(s.pacs_outputs), help=f"results per image: {','.join(KINDS)}")
     p.add_argument("--state-file", type=Path, default=s.pacs_state_file)
     p.add_argument("--study", help="only this StudyInstanceUID")
     p.add_argument("--from", dest="date_from", help="study date from (YYYYMMDD)")
@@ -59,8 +62,8 @@ def parse_args(argv: list[str] | None, s: Settings) -> argparse.Namespace:
     if not (args.orthanc_url or args.dicomweb_url):
         args.orthanc_url = "http://127.0.0.1:8042"
     args.outputs = [k.strip() for k in args.outputs.split(",") if k.strip()]
-    if not args.outputs or set(args.outputs) - {"seg", "sc", "sr"}:
-        p.error("--outputs takes one or more of seg, sc, sr")
+    if not args.outputs or set(args.outputs) - set(KINDS):
+        p.error(f"--outputs takes one or more of {', '.join(KINDS)}")
     return args
 
 
@@ -71,8 +74,10 @@ def connect(args: argparse.Namespace) -> Pacs:
 
 
 def one_pass(bridge: Bridge, pacs: Pacs, args: argparse.Namespace) -> Summary | None:
+    # Ask the PACS only for the modalities the selection admits (COVIDSEG_SELECT_MODALITIES).
+    find = partial(pacs.find_instances, modalities=bridge.job.rules.modalities)
     try:
-        instances = bridge.retry(pacs.find_instances, args.study, args.date_from, args.date_to)
+        instances = bridge.retry(find, args.study, args.date_from, args.date_to)
     except Exception as exc:  # noqa: BLE001 - reported, nothing started
         print(f"cannot list instances in {pacs.describe()}: {describe_failure(exc)}", file=sys.stderr)
         return None

@@ -1,6 +1,10 @@
-"""The bridge loop: for each CR/DX instance of the PACS not yet done, check the selection rules,
-then for each result kind (SEG, SC, SR) ask the PACS whether it already holds that result of
+"""The bridge loop: for each instance of the selected modalities in the PACS not yet done, check the
+selection rules, then for each result kind (SEG, SC, SR) ask the PACS whether it already holds that result of
 this model version and threshold; only if not, ask the service for it and store it back.
+
+The rules are checked twice: first on what the PACS says of the instance (QIDO-RS attributes, Orthanc's
+tags), so that a knee or a lateral view is skipped without its pixels being fetched; then, for what
+passes, on the downloaded file itself, which has the last word when the two disagree.
 
 Result UIDs are deterministic (:mod:`app.pipeline.dicom.common`), so "already holds it" is one
 look-up by SOP Instance UID, and a lost state file adds nothing to the PACS.
@@ -14,17 +18,18 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
 import pydicom
+from pydicom.dataset import Dataset
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from app.pacs.instance import Instance, Pacs
+from app.pacs.instance import SELECTION_ATTRIBUTES, Instance, Pacs
 from app.pacs.service_client import ServiceClient, ServiceRefused, is_transient
 from app.pacs.state import BridgeState
-from app.pipeline.dicom.common import ModelRef, ResultIdentity
+from app.pipeline.dicom.common import ModelRef, result_uid
 from app.pipeline.select import SelectionRules
 
 log = logging.getLogger("app.pacs")
@@ -37,12 +42,29 @@ def describe_failure(exc: BaseException | None) -> str:
     return type(exc).__name__
 
 
+def told_header(rules: SelectionRules, told: Mapping[str, str]) -> Dataset:
+    """A header of what the PACS told of an instance, for the rules to judge before any download. An
+    attribute it did not tell gets a value the rules admit, so only what is known can skip the instance
+    (the downloaded file is judged whole)."""
+    admitted = {"Modality": rules.modalities, "BodyPartExamined": rules.body_parts, "ViewPosition": rules.views}
+    header = Dataset()
+    for keyword in SELECTION_ATTRIBUTES:
+        value = told[keyword] if keyword in told else next(iter(admitted.get(keyword, ())), "")
+        if value:
+            setattr(header, keyword, value)
+    return header
+
+
 @dataclass
 class Summary:
+    """One run: instances by what became of them, results by whether they were stored now or found."""
+
     found: int = 0
-    already_done: int = 0
-    processed: list[str] = field(default_factory=list)
-    already_in_pacs: int = 0
+    already_done: int = 0  # instances the state file records as done for this model, threshold and kinds
+    processed: list[str] = field(default_factory=list)  # instances finished in this run
+    stored: int = 0  # results made and stored now
+    already_in_pacs: int = 0  # results the PACS already held: not made again
+    downloaded: int = 0  # source images fetched from the PACS (never one the rules skip before download)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
@@ -50,9 +72,10 @@ class Summary:
     stop_reason: str | None = None
 
     def table(self) -> str:
-        rows = [("CR/DX instances found", self.found), ("already processed", self.already_done),
-                ("processed now", len(self.processed)), ("results already in the PACS", self.already_in_pacs),
-                ("skipped (selection rules)", len(self.skipped)), ("failed (skipped)", len(self.failed)),
+        rows = [("instances found (selected modalities)", self.found), ("already done (state file)", self.already_done),
+                ("results stored now", self.stored), ("results already in the PACS", self.already_in_pacs),
+                ("skipped (selection rules)", len(self.skipped)), ("images downloaded", self.downloaded),
+                ("failed (skipped)", len(self.failed)),
                 ("pending (retry next run)", len(self.pending))]
         width = max(len(r[0]) for r in rows)
         lines = [f"{name:<{width}}  {count:>6}" for name, count in rows]
@@ -70,6 +93,10 @@ class Job:
     outputs: list[str]
     rules: SelectionRules
 
+    def result_uids(self, sop_uid: str) -> dict[str, str]:
+        """Kind -> the SOP Instance UID of that result of the source ``sop_uid`` (as the service makes it)."""
+        return {kind: result_uid(kind, sop_uid, self.model.sha256, self.threshold) for kind in self.outputs}
+
 
 class Bridge:
     def __init__(self, pacs: Pacs, service: ServiceClient, state: BridgeState, job: Job,
@@ -86,33 +113,60 @@ class Bridge:
                 return fn(*args)
 
     def process(self, instance: Instance, summary: Summary) -> None:
-        """The results of one instance that the PACS does not hold yet."""
-        dicom = self.retry(self.pacs.download, instance)
-        header = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, force=True)
-        reason = self.job.rules.reason_to_skip(header)
+        """The results of one instance that the PACS does not hold yet; its file is downloaded only when
+        the rules admit it by what the PACS says and some result is still to be made."""
+        told = self.retry(self.pacs.selection_attributes, instance)
+        reason = self.job.rules.reason_to_skip(told_header(self.job.rules, told))
         if reason:
-            log.info("skipped an instance: %s", reason)
-            self.state.mark_skipped(instance.sop_instance_uid, reason)
-            summary.skipped[instance.sop_instance_uid] = reason
+            self.skip(instance, reason, summary, "before download")
             return
-        done = self.state.stored(instance.sop_instance_uid)
-        for kind in self.job.outputs:
-            if kind in done:
+        missing = self.missing_results(instance, summary)
+        if missing:
+            dicom = self.retry(self.pacs.download, instance)
+            summary.downloaded += 1
+            header = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, force=True)
+            reason = self.job.rules.reason_to_skip(header)
+            if reason:  # the file disagrees with what the PACS said of it
+                self.skip(instance, reason, summary, "after download")
+                return
+            for kind, uid in missing.items():
+                self.retry(self.pacs.upload, self.retry(self.service.segment, dicom, kind, self.job.threshold))
+                summary.stored += 1
+                self.record(instance, kind, uid)
+        self.state.mark_done(instance.sop_instance_uid)
+        summary.processed.append(instance.sop_instance_uid)
+
+    def missing_results(self, instance: Instance, summary: Summary) -> dict[str, str]:
+        """Kind -> UID of the results neither the state file nor the PACS holds (those the PACS holds are
+        recorded now)."""
+        missing: dict[str, str] = {}
+        for kind, uid in self.job.result_uids(instance.sop_instance_uid).items():
+            if self.state.has_result(instance.sop_instance_uid, uid):
                 continue
-            uid = ResultIdentity.of(kind, header, self.job.model, self.job.threshold).sop_instance_uid
             if self.retry(self.pacs.has_instance, instance.study_instance_uid, uid):
                 summary.already_in_pacs += 1
+                self.record(instance, kind, uid)
             else:
-                self.retry(self.pacs.upload, self.retry(self.service.segment, dicom, kind, self.job.threshold))
-            self.state.record_output(instance.sop_instance_uid, kind, uid)
-        self.state.mark_processed(instance.sop_instance_uid)
-        summary.processed.append(instance.sop_instance_uid)
+                missing[kind] = uid
+        return missing
+
+    def record(self, instance: Instance, kind: str, uid: str) -> None:
+        self.state.record_result(instance.sop_instance_uid, uid, kind, self.job.model.sha256, self.job.threshold)
+
+    def skip(self, instance: Instance, reason: str, summary: Summary, when: str) -> None:
+        log.info("skipped an instance %s: %s", when, reason)
+        self.state.mark_skipped(instance.sop_instance_uid, reason)
+        summary.skipped[instance.sop_instance_uid] = reason
+
+    def is_done(self, instance: Instance) -> bool:
+        sop = instance.sop_instance_uid
+        return self.state.is_done(sop, self.job.result_uids(sop).values())
 
     def run(self, instances: list[Instance], progress: bool = True) -> Summary:
         from tqdm import tqdm
 
         summary = Summary(found=len(instances))
-        todo = [i for i in instances if not self.state.is_done(i.sop_instance_uid)]
+        todo = [i for i in instances if not self.is_done(i)]
         summary.already_done = len(instances) - len(todo)
         bar = tqdm(todo, desc="segmenting", unit="image", disable=not progress)
         index = 0
@@ -134,7 +188,7 @@ class Bridge:
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.stop_reason = "interrupted"
-            summary.pending = [i.sop_instance_uid for i in todo[index:] if not self.state.is_done(i.sop_instance_uid)]
+            summary.pending = [i.sop_instance_uid for i in todo[index:] if not self.is_done(i)]
         finally:
             bar.close()
         return summary

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
-XRAY_MODALITIES = ("CR", "DX")
+#: The attributes the selection rules read (:mod:`app.pipeline.select`): asked of the PACS before any
+#: download, so that an instance the rules leave out is never fetched.
+SELECTION_ATTRIBUTES = ("Modality", "BodyPartExamined", "ViewPosition", "PresentationIntentType")
 
 
 @dataclass(frozen=True)
@@ -16,13 +19,23 @@ class Instance:
     series_instance_uid: str
     study_instance_uid: str
     pacs_id: str = ""
+    #: Selection attributes the listing already told (keyword -> value); not part of the identity.
+    attributes: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Pacs(Protocol):
     def describe(self) -> str: ...
 
-    def find_instances(self, study_uid: str | None = None, date_from: str | None = None,
-                       date_to: str | None = None, modalities: tuple[str, ...] = XRAY_MODALITIES) -> list[Instance]: ...
+    def find_instances(self, study_uid: str | None = None, date_from: str | None = None, date_to: str | None = None,
+                       *, modalities: tuple[str, ...]) -> list[Instance]:
+        """Instances of these modalities (the selection's, ``COVIDSEG_SELECT_MODALITIES``), optionally of
+        one study or of studies in a date range (YYYYMMDD)."""
+        ...
+
+    def selection_attributes(self, instance: Instance) -> dict[str, str]:
+        """What the PACS says of the instance's :data:`SELECTION_ATTRIBUTES` without sending its pixels:
+        keyword -> value ("" when the object has none); an attribute it cannot tell is left out."""
+        ...
 
     def download(self, instance: Instance) -> bytes: ...
 

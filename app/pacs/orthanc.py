@@ -1,10 +1,11 @@
-"""The PACS through Orthanc's REST API: find CR/DX instances, download, upload, look up a UID."""
+"""The PACS through Orthanc's REST API: find instances of the selected modalities, read their selection
+attributes, download, upload, look up a UID."""
 
 from __future__ import annotations
 
 import httpx
 
-from app.pacs.instance import XRAY_MODALITIES, Instance, sorted_instances
+from app.pacs.instance import SELECTION_ATTRIBUTES, Instance, sorted_instances
 
 
 class OrthancClient:
@@ -24,8 +25,8 @@ class OrthancClient:
         r.raise_for_status()
         return r.json()
 
-    def find_instances(self, study_uid: str | None = None, date_from: str | None = None,
-                       date_to: str | None = None, modalities: tuple[str, ...] = XRAY_MODALITIES) -> list[Instance]:
+    def find_instances(self, study_uid: str | None = None, date_from: str | None = None, date_to: str | None = None,
+                       *, modalities: tuple[str, ...]) -> list[Instance]:
         """Instances of these modalities, optionally of one study or of studies in a date range (YYYYMMDD)."""
         found: dict[str, Instance] = {}
         study_uids: dict[str, str] = {}  # Orthanc study id -> StudyInstanceUID, fetched once per study
@@ -46,6 +47,12 @@ class OrthancClient:
                                                  series["MainDicomTags"].get("SeriesInstanceUID", ""),
                                                  study_uids[study_id], pacs_id=inst["ID"])
         return sorted_instances(found)
+
+    def selection_attributes(self, instance: Instance) -> dict[str, str]:
+        """From the instance's simplified tags (about 1 kB: Orthanc reads the file on its side, so an
+        attribute missing there is missing from the object)."""
+        tags = self._json("GET", f"/instances/{instance.pacs_id}/simplified-tags")
+        return {keyword: str(tags.get(keyword) or "") for keyword in SELECTION_ATTRIBUTES}
 
     def download(self, instance: Instance) -> bytes:
         r = self.http.get(f"/instances/{instance.pacs_id}/file")

@@ -17,12 +17,21 @@ class ServiceRefused(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+#: 4xx answers about the moment, not the request (timeout, too many requests): worth retrying.
+RETRYABLE_4XX = frozenset({408, 429})
+
+
+def is_retryable_status(status: int) -> bool:
+    """An HTTP status worth retrying (5xx, 408, 429): the one rule of the bridge and the node's STOW-RS."""
+    return status >= 500 or status in RETRYABLE_4XX
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the service or PACS unreachable, 5xx, 408 or 429."""
+    """Worth retrying: the service or PACS unreachable, or a retryable status."""
     if isinstance(exc, httpx.TransportError):
         return True
     if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
+        return is_retryable_status(exc.response.status_code)
     return False
 
 
@@ -47,7 +56,7 @@ class ServiceClient:
         """One DICOM result (seg, sc, sr) of one instance."""
         r = self.http.post("/segment", params={"format": f"dicom-{kind}", "threshold": threshold},
                            files={"file": ("image.dcm", dicom, "application/dicom")})
-        if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+        if 400 <= r.status_code < 500 and not is_retryable_status(r.status_code):
             try:
                 body = r.json()
             except ValueError:

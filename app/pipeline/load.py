@@ -1,8 +1,9 @@
 """Load: uploaded bytes -> 8-bit grayscale image, refusing what is not a usable X-ray.
 
-Every refusal is an :class:`PipelineError` carrying the HTTP status and a message that
-says what was wrong. The pixel limit is checked from the header, before decoding, so a
-decompression bomb never reaches the decoder.
+Every refusal is a :class:`PipelineError` carrying the kind of problem, a code and a message
+that says what was wrong (the API, not the pipeline, maps the kind to an HTTP status). The
+pixel limit is checked from the header, before decoding, so a decompression bomb never reaches
+the decoder.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from scipy import ndimage
 
 #: Lung field decision threshold (the lung head is not user-tunable).
 LUNG_THRESHOLD = 0.5
+#: Connectivity of infection regions: 8 neighbours.
+EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 #: Severity grade bins on the share of the lung field predicted infected, in the spirit of
 #: Tahir et al. 2021 (COVID-QU-Ex), who grade severity from the infected lung percentage.
@@ -40,9 +42,14 @@ def infection_mask(prob: np.ndarray, threshold: float, region_peak_threshold: fl
     mask = prob >= threshold
     if region_peak_threshold <= threshold or not mask.any():
         return mask  # every region already peaks at or above the threshold
-    regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    peaks = prob >= region_peak_threshold
+    if not peaks.any():
+        return np.zeros_like(mask)  # no region reaches the peak
+    regions, count = ndimage.label(mask, structure=EIGHT_NEIGHBOURS)
     keep = np.zeros(count + 1, dtype=bool)
-    keep[regions[prob >= region_peak_threshold]] = True  # the regions holding a pixel at the peak
+    keep[regions[peaks]] = True  # the regions holding a pixel at the peak
+    if keep[1:].all():
+        return mask  # all of them: the mask as it is, without a look-up per pixel
     return keep[regions]
 
 

@@ -18,6 +18,13 @@ import anyio
 import numpy as np
 
 
+def run_in_chunks(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, max_batch: int) -> np.ndarray:
+    """``predict`` over ``batch`` in runs of at most ``max_batch`` images (the largest run bounds memory)."""
+    if len(batch) <= max_batch:  # one run: its output as it is, not a copy
+        return predict(batch)
+    return np.concatenate([predict(batch[i:i + max_batch]) for i in range(0, len(batch), max_batch)])
+
+
 @dataclass
 class _Waiting:
     batch: np.ndarray
@@ -53,6 +60,8 @@ class MicroBatcher:
 
     async def _run_in_chunks(self, batch: np.ndarray) -> np.ndarray:
         """A request larger than a run: its own runs of at most ``max_batch`` images."""
+        if len(batch) <= self.max_batch:  # one run: its output as it is, not a copy
+            return await self._infer(batch)
         return np.concatenate([await self._infer(batch[i:i + self.max_batch])
                                for i in range(0, len(batch), self.max_batch)])
 

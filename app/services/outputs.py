@@ -26,6 +26,7 @@ class OutputSpec:
     png: PngOutput = PngOutput.mask
     include: frozenset[PngOutput] = frozenset()
     tta: str | None = None  # None: the service's default
+    apply_selection: bool = True  # False: selection=ignore, DICOM inputs the selection rules leave out too
 
     @staticmethod
     def parse_include(include: str | None) -> frozenset[PngOutput]:
@@ -81,6 +82,8 @@ def result_of(seg: Segmentation, loaded: LoadedImage, include: frozenset[PngOutp
 def dicom_of(kind: str, seg: Segmentation, loaded: LoadedImage, model: ModelRef, options: ResultOptions) -> bytes:
     try:
         return dataset_bytes(write_result(kind, ResultContext(loaded, seg, model, options)))
+    except PipelineError:  # the writers' own refusal already says what is missing
+        raise
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         # highdicom refuses sources that lack what the result must copy (study, patient module...)
         raise PipelineError(Problem.INVALID, "incomplete_dicom",

@@ -4,28 +4,30 @@ preprocess -> infer -> postprocess, for one image or a batch."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
 
 import anyio
 import numpy as np
 
 from app.card import CardError, ModelCard
-from app.core.config import Settings
+from app.core.config import Settings, setting_default
 from app.pipeline.dicom.common import ModelRef, ResultOptions
 from app.core.metrics import ServiceMetrics
 from app.pipeline.errors import PipelineError
 from app.pipeline.inputs import decode_upload
 from app.services.outputs import Finished, OutputSpec, finish
 from app.pipeline.infer import ModelLoadError, OnnxSegmenter, predict_with_tta, tta_expand, tta_merge
-from app.services.batcher import MicroBatcher
+from app.services.batcher import MicroBatcher, run_in_chunks
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation, postprocess
 from app.pipeline.preprocess import preprocess_batch
+from app.pipeline.select import SelectionRules, check_selected
 
 log = logging.getLogger("app.segmentation")
-T = TypeVar("T")
 FALLBACK_THRESHOLD = 0.5
 
 
@@ -38,13 +40,14 @@ class Timings:
     inference: float = 0.0
     postprocess: float = 0.0
 
-    async def run(self, step: str, fn: Callable[..., T], *args: Any,
-                  limiter: anyio.CapacityLimiter | None = None) -> T:
-        """Run ``fn(*args)`` in a worker thread (off the event loop), adding its time to ``step``."""
+    @contextmanager
+    def step(self, step: str) -> Iterator[None]:
+        """Add the time of the ``with`` block to ``step``, in whichever thread runs it."""
         t0 = time.perf_counter()
-        result = await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
-        setattr(self, step, getattr(self, step) + 1000 * (time.perf_counter() - t0))
-        return result
+        try:
+            yield
+        finally:
+            setattr(self, step, getattr(self, step) + 1000 * (time.perf_counter() - t0))
 
     def as_dict(self) -> dict[str, float]:
         d = {k: round(v, 2) for k, v in vars(self).items()}
@@ -86,18 +89,20 @@ class SegmentationService:
 
     model: OnnxSegmenter
     card: ModelCard | None
-    inference_concurrency: int = 1
-    image_concurrency: int = 4
+    inference_concurrency: int = setting_default("inference_concurrency")
+    image_concurrency: int = setting_default("image_concurrency")
     result_options: ResultOptions = field(default_factory=ResultOptions)
-    max_pixels: int = 50_000_000
-    default_tta: str = "none"
-    microbatch_max: int = 32
+    selection: SelectionRules = field(default_factory=SelectionRules)  # the node's and the bridge's rules
+    max_pixels: int = setting_default("max_pixels")
+    default_tta: str = setting_default("tta")
+    microbatch_max: int = setting_default("microbatch_max_batch")
     microbatch_wait: float = 0.0  # seconds; 0 runs every request alone
     metrics: ServiceMetrics | None = None
     ready: bool = False
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
     image_limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
     batcher: MicroBatcher | None = field(default=None, repr=False)
+    model_slots: threading.Semaphore | None = field(default=None, repr=False)  # runs at once, without a batcher
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SegmentationService":
@@ -107,6 +112,7 @@ class SegmentationService:
         return cls(model=model, card=load_card(settings, model.info.sha256),
                    inference_concurrency=settings.inference_concurrency,
                    image_concurrency=settings.image_concurrency, result_options=settings.result_options(),
+                   selection=SelectionRules.from_settings(settings),
                    max_pixels=settings.max_pixels, default_tta=settings.tta,
                    microbatch_max=settings.microbatch_max_batch,
                    microbatch_wait=settings.microbatch_wait_s(model.info.providers[0]))
@@ -171,37 +177,91 @@ class SegmentationService:
                                         on_wait=metrics.queue_wait.observe if metrics else None)
         return self.batcher
 
-    async def segment(self, images: list[LoadedImage], threshold: float, timings: Timings,
-                      tta: str | None = None) -> list[Segmentation]:
-        """Run the shared middle of the pipeline off the event loop; one batch for all images."""
-        batch = await timings.run("preprocess", preprocess_batch, [im.gray for im in images], self.input_size)
-        tta = tta or self.default_tta
-        t0 = time.perf_counter()
-        probs = tta_merge(await self._batcher().run(tta_expand(batch, tta)), tta)
-        timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
-
-        return await timings.run("postprocess", self._postprocess, probs, images, threshold,
-                                 limiter=self._full_size())
-
-    async def decode(self, upload: Upload, timings: Timings) -> LoadedImage:
+    def decode(self, upload: Upload) -> LoadedImage:
         try:
-            return await timings.run("decode", decode_upload, upload.data, self.max_pixels, upload.filename,
-                                     upload.content_type, limiter=self._full_size())
+            return decode_upload(upload.data, self.max_pixels, upload.filename, upload.content_type)
         except PipelineError as exc:
             if upload.index is not None:  # in a batch: say which file
                 exc.message = f"file {upload.index}: {exc.message}"
             raise
 
-    async def process(self, uploads: list[Upload], spec: OutputSpec, timings: Timings) -> list[Finished]:
-        """Decode, segment (one model run) and finish every upload as ``spec`` asks."""
+    def check_selected(self, loaded: LoadedImage, upload: Upload, spec: OutputSpec) -> None:
+        """Refuse a DICOM that the node and the bridge would leave out (a knee, a lateral view), unless the
+        request said ``selection=ignore``; PNG and JPEG carry no such attributes and pass."""
+        if loaded.dicom is None or not spec.apply_selection:
+            return
+        try:
+            check_selected(self.selection, loaded.dicom.dataset)
+        except PipelineError as exc:
+            which = "" if upload.index is None else f"file {upload.index}: "
+            exc.message = f"{which}{exc.message}; selection=ignore segments it anyway (research use)"
+            raise
+
+    def prepare(self, uploads: list[Upload], spec: OutputSpec,
+                timings: Timings) -> tuple[list[LoadedImage], np.ndarray]:
+        """Decode and check every upload, then the model's input for all of them (with its mirrors for ``flip``)."""
         loaded = []
         for upload in uploads:
-            loaded.append(await self.decode(upload, timings))
+            with timings.step("decode"):
+                loaded.append(self.decode(upload))
             spec.check_input(loaded[-1])
-        segs = await self.segment(loaded, spec.threshold, timings, spec.tta)
-        model = self.model_ref()
+            self.check_selected(loaded[-1], upload, spec)
+        with timings.step("preprocess"):
+            batch = tta_expand(preprocess_batch([im.gray for im in loaded], self.input_size), self.tta_of(spec))
+        return loaded, batch
 
-        def _finish() -> list[Finished]:
+    def complete(self, outputs: np.ndarray, loaded: list[LoadedImage], spec: OutputSpec,
+                 timings: Timings) -> list[Finished]:
+        """From the model's outputs to every image's finished answer: masks, measurements, PNG or DICOM."""
+        with timings.step("postprocess"):
+            segs = self._postprocess(tta_merge(outputs, self.tta_of(spec)), loaded, spec.threshold)
+            model = self.model_ref()
             return [finish(s, im, spec, i, model, self.result_options) for i, (s, im) in enumerate(zip(segs, loaded))]
 
-        return await timings.run("postprocess", _finish, limiter=self._full_size())
+    def tta_of(self, spec: OutputSpec) -> str:
+        return spec.tta or self.default_tta
+
+    def _model_slots(self) -> threading.Semaphore:
+        if self.model_slots is None:  # created on the event loop, before any worker thread needs it
+            self.model_slots = threading.BoundedSemaphore(self.inference_concurrency)
+        return self.model_slots
+
+    def run_model(self, batch: np.ndarray) -> np.ndarray:
+        """The model's outputs in the calling thread, in runs of at most ``microbatch_max`` images (as the
+        batcher would), each once one of the ``inference_concurrency`` slots is free."""
+        return run_in_chunks(self._one_run, batch, self.microbatch_max)
+
+    def _one_run(self, batch: np.ndarray) -> np.ndarray:
+        with self._model_slots():
+            t0 = time.perf_counter()
+            outputs = self.model.predict(batch)
+            seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.record_run(len(batch), seconds)
+        return outputs
+
+    def process_alone(self, uploads: list[Upload], spec: OutputSpec, timings: Timings) -> list[Finished]:
+        """The whole request in the calling worker thread: prepare, model run, complete."""
+        loaded, batch = self.prepare(uploads, spec, timings)
+        t0 = time.perf_counter()
+        outputs = self.run_model(batch)
+        timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for a free slot included
+        return self.complete(outputs, loaded, spec, timings)
+
+    async def process(self, uploads: list[Upload], spec: OutputSpec, timings: Timings) -> list[Finished]:
+        """Decode, segment (one model run) and finish every upload as ``spec`` asks.
+
+        Each hand-off between the event loop and a worker thread costs two thread wake-ups, and on a busy
+        2-core machine those were most of a request's overhead (bench/RESULTS.md). Without micro-batching
+        (the CPU default) the request therefore takes one hand-off: it holds its full-size slot from decode
+        to the finished answer, model run included. With micro-batching the model run is the batcher's, on
+        the event loop, between a hand-off to prepare and one to complete."""
+        full_size = self._full_size()
+        if self.microbatch_wait <= 0:
+            self._model_slots()
+            return await anyio.to_thread.run_sync(self.process_alone, uploads, spec, timings, limiter=full_size)
+        loaded, batch = await anyio.to_thread.run_sync(self.prepare, uploads, spec, timings, limiter=full_size)
+        t0 = time.perf_counter()
+        outputs = await self._batcher().run(batch)
+        timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
+        return await anyio.to_thread.run_sync(self.complete, outputs, loaded, spec, timings, limiter=full_size)

@@ -1,4 +1,5 @@
-"""DICOM in (pydicom) and out (highdicom SEG and SC), through the real app on the shipped model."""
+"""DICOM in (pydicom) and out (highdicom SEG and SC), through the real app on the shipped model.
+The reader on its own: tests/pipeline/test_dicom_read.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from app.pipeline.dicom.read import load_dicom_bytes, looks_like_dicom
-from app.pipeline.errors import PipelineError, Problem
-from tests.conftest import fixture_images, read_gray
+from tests.conftest import fixture_images
 from tests.dicom_fixtures import make_cxr_dicom, read, rle_overrunning_the_frame
 
 COVID = fixture_images("Val", "COVID-19")[0]
@@ -21,51 +20,6 @@ COVID = fixture_images("Val", "COVID-19")[0]
 
 def post(client, data: bytes, params: str = "", name: str = "image.dcm", content_type: str = "application/dicom"):
     return client.post(f"/segment{params}", files={"file": (name, data, content_type)})
-
-
-@pytest.mark.parametrize("kw", [
-    {}, {"photometric": "MONOCHROME1"}, {"modality": "DX"}, {"compress": RLELossless},
-    {"compress": JPEG2000Lossless, "photometric": "MONOCHROME1"}, {"compress": "jpeg-baseline"},
-], ids=["cr", "mono1", "dx", "rle", "j2k-mono1", "jpeg-baseline"])
-def test_decodes_to_the_same_gray_image(kw):
-    loaded = load_dicom_bytes(make_cxr_dicom(COVID, **kw), max_pixels=10 ** 8)
-    ref = read_gray(COVID).astype(int)
-    tolerance = 4 if kw.get("compress") == "jpeg-baseline" else 1  # lossy JPEG
-    assert np.abs(loaded.gray.astype(int) - ref).mean() < tolerance
-    assert loaded.format == "DICOM" and set(loaded.dicom.uids()) == {
-        "study_instance_uid", "series_instance_uid", "sop_instance_uid"}
-
-
-def test_rescale_and_missing_window_stretch_the_image_range():
-    loaded = load_dicom_bytes(make_cxr_dicom(COVID, window=False, slope=2.0, intercept=-1024), 10 ** 8)
-    assert loaded.gray.min() == 0 and loaded.gray.max() == 255
-    assert np.corrcoef(loaded.gray.ravel(), read_gray(COVID).ravel())[0, 1] > 0.999
-
-
-def test_detection_by_content_media_type_or_extension():
-    data = make_cxr_dicom(COVID)
-    assert looks_like_dicom(data)
-    assert looks_like_dicom(b"x", content_type="application/dicom")
-    assert looks_like_dicom(b"x", filename="A.DCM")
-    assert not looks_like_dicom(COVID.read_bytes(), "x.png", "image/png")
-
-
-def test_multi_frame_and_no_pixel_data_are_refused():
-    ds = read(make_cxr_dicom(COVID))
-    ds.NumberOfFrames = 2
-    ds.PixelData = ds.PixelData * 2
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    with pytest.raises(PipelineError) as err:
-        load_dicom_bytes(buf.getvalue(), 10 ** 8)
-    assert err.value.problem is Problem.INVALID and err.value.code == "multi_frame"
-    del ds.PixelData
-    ds.NumberOfFrames = 1
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    with pytest.raises(PipelineError) as err:
-        load_dicom_bytes(buf.getvalue(), 10 ** 8)
-    assert err.value.problem is Problem.INVALID and err.value.code == "no_pixel_data"
 
 
 def test_json_answer_echoes_uids_not_patient(service_client):

@@ -433,8 +433,19 @@ def test_openapi_documents_every_parameter(service_client):
     assert {"/segment/batch", "/model", "/metrics", "/health", "/ready"} <= set(spec["paths"])
 
 
-def test_model_under_test_is_the_shipped_one():
-    assert model_under_test().name == "covidseg-unet-r34.onnx"
+def test_the_tests_serve_the_shipped_model_and_card(service_client):
+    """The figures these tests check are the shipped model's: the service they start loads that
+    file (by its sha256) and its card, not a model under development."""
+    import hashlib
+
+    from app.card import ModelCard
+    from app.core.config import DEFAULT_MODEL_PATH
+
+    client, _ = service_client
+    loaded = client.get("/model").json()["loaded"]
+    card = ModelCard.load(DEFAULT_MODEL_PATH)
+    assert loaded["sha256"] == hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest() == card.sha256
+    assert (loaded["name"], loaded["version"]) == (card.name, card.version)
 
 
 def test_the_cards_region_rule_shapes_the_mask_at_any_threshold(service_client):

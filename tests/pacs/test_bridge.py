@@ -63,6 +63,35 @@ def results_in(rest: str, study_uid: str) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+@pytest.fixture
+def http_requests(monkeypatch) -> list[httpx.Request]:
+    """Every request this process sends with httpx from now on: the in-process bridge's to the PACS and
+    the service, and the test's own."""
+    seen: list[httpx.Request] = []
+    send = httpx.Client.send
+
+    def recording(self, request: httpx.Request, *args, **kwargs) -> httpx.Response:
+        seen.append(request)
+        return send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", recording)
+    return seen
+
+
+def orthanc_id(rest: str, sop_uid: str) -> str:
+    hits = httpx.post(f"{rest}/tools/lookup", content=sop_uid).json()
+    return next(hit["ID"] for hit in hits if hit["Type"] == "Instance")
+
+
+def files_fetched(requests: list[httpx.Request], ids: dict[str, str]) -> list[str]:
+    """The SOP Instance UIDs (keys of ``ids``, Orthanc's id of each its value) whose file ``requests``
+    fetched, by Orthanc's ``/instances/{id}/file`` or a WADO-RS ``.../instances/{uid}``."""
+    by_path_end = {**{f"/instances/{oid}/file": uid for uid, oid in ids.items()},
+                   **{f"/instances/{uid}": uid for uid in ids}}
+    return sorted(by_path_end[end] for r in requests if r.method == "GET"
+                  for end in by_path_end if r.url.path.endswith(end))
+
+
 def run_bridge(where: list[str], service_url: str, state: Path, *extra: str) -> int:
     return bridge_main([*where, "--service-url", service_url, "--state-file", str(state), "--no-progress",
                         "--retries", "2", "--retry-wait", "0.05", *extra])
@@ -93,7 +122,7 @@ def test_orthanc_rest_stores_each_result_once_and_keeps_pending_work(pacs, live_
 
     before = count(rest)
     assert run_bridge(where, live_service, state, "--study", study_a) == 0  # a second run adds nothing
-    assert count(rest) == before and table_count(capsys.readouterr().out, "already processed") == 2
+    assert count(rest) == before and table_count(capsys.readouterr().out, "already done (state file)") == 2
 
     # the service down: the new instance stays pending, nothing is lost or marked done
     late = make_cxr_dicom(COVID[0], "CR", study_uid=study_b)
@@ -101,7 +130,7 @@ def test_orthanc_rest_stores_each_result_once_and_keeps_pending_work(pacs, live_
     dead = f"http://127.0.0.1:{free_port()}"
     assert run_bridge(where, dead, state, "--study", study_b) == 3
     assert "cannot reach the service" in capsys.readouterr().err
-    assert read(late).SOPInstanceUID not in json.loads(state.read_text())["processed"]
+    assert read(late).SOPInstanceUID not in json.loads(state.read_text())["results"]
 
     # the service back: the pending instance is done, and only it
     assert run_bridge(where, live_service, state, "--study", study_b) == 0
@@ -122,7 +151,7 @@ def test_dicomweb_with_the_state_file_lost_adds_nothing_and_skips_non_chest(pacs
     state = tmp_path / "state.json"
     assert run_bridge(where, live_service, state, "--study", study) == 0
     out = capsys.readouterr().out
-    assert table_count(out, "processed now") == 2 and table_count(out, "skipped (selection rules)") == 2
+    assert table_count(out, "results stored now") == 6 and table_count(out, "skipped (selection rules)") == 2
     expected = sorted(read(d).SOPInstanceUID for d in chest)
     assert results_in(rest, study) == {m: expected for m in RESULT_MODALITIES}
     skipped = json.loads(state.read_text())["skipped"]
@@ -133,7 +162,30 @@ def test_dicomweb_with_the_state_file_lost_adds_nothing_and_skips_non_chest(pacs
     assert run_bridge(where, live_service, state, "--study", study) == 0
     out = capsys.readouterr().out
     assert count(rest) == before
-    assert table_count(out, "processed now") == 2 and table_count(out, "results already in the PACS") == 6
+    assert table_count(out, "results stored now") == 0 and table_count(out, "results already in the PACS") == 6
+    assert table_count(out, "already done (state file)") == 0
+    assert table_count(out, "images downloaded") == 0  # every result found: no image fetched
+
+
+def test_another_threshold_makes_its_own_results(pacs, live_service, tmp_path, capsys):
+    """What is done is keyed by model, threshold and kind, as the result UIDs are."""
+    rest, _ = pacs
+    study = generate_uid()
+    source = make_cxr_dicom(COVID[0], "CR", study_uid=study)
+    upload(rest, source)
+    state, where = tmp_path / "state.json", ["--orthanc-url", rest, "--study", study, "--outputs", "seg"]
+    assert run_bridge(where, live_service, state, "--threshold", "0.5") == 0
+    capsys.readouterr()
+    assert run_bridge(where, live_service, state, "--threshold", "0.25") == 0
+    out = capsys.readouterr().out
+    assert table_count(out, "already done (state file)") == 0 and table_count(out, "results stored now") == 1
+    assert results_in(rest, study)["SEG"] == [read(source).SOPInstanceUID] * 2  # one per threshold
+    thresholds = sorted(r["threshold"] for r in json.loads(state.read_text())["results"][read(source).SOPInstanceUID]
+                        .values())
+    assert thresholds == [0.25, 0.5]
+    assert run_bridge(where, live_service, state, "--threshold", "0.25") == 0
+    assert table_count(capsys.readouterr().out, "already done (state file)") == 1
+    assert results_in(rest, study)["SEG"] == [read(source).SOPInstanceUID] * 2
 
 
 def test_watch_processes_what_arrives_until_stopped(pacs, live_service, tmp_path):
@@ -180,7 +232,7 @@ def test_bad_instance_is_skipped_and_recorded(pacs, live_service, tmp_path, capl
     assert "multi-frame" in saved["failed"][ds.SOPInstanceUID]  # the service's detail, in the state file
     # the log names the refusal by status and code; the detail, which may quote the file, stays out
     assert "refused by the service (422 multi_frame)" in caplog.text and "multi-frame" not in caplog.text
-    assert read(good).SOPInstanceUID in saved["processed"]
+    assert read(good).SOPInstanceUID in saved["results"]
     assert results_in(rest, study)["SEG"] == [read(good).SOPInstanceUID]
 
 
@@ -188,3 +240,55 @@ def test_pacs_down_is_reported(live_service, tmp_path, capsys):
     dead = f"http://127.0.0.1:{free_port()}"
     assert run_bridge(["--dicomweb-url", dead], live_service, tmp_path / "s.json") == 3
     assert "cannot list instances in DICOMweb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("api", ["--orthanc-url", "--dicomweb-url"])
+def test_the_pacs_is_asked_only_for_the_selected_modalities(pacs, live_service, tmp_path, monkeypatch, api):
+    """COVIDSEG_SELECT_MODALITIES=DX: the CR of the study is never listed nor downloaded (so not even
+    recorded as skipped), and only the DX gets results."""
+    from app.core.config import get_settings
+
+    rest, dicomweb = pacs
+    study = generate_uid()
+    cr, dx = make_cxr_dicom(COVID[0], "CR", study_uid=study), make_cxr_dicom(NORMAL[0], "DX", study_uid=study)
+    for data in (cr, dx):
+        upload(rest, data)
+    monkeypatch.setenv("COVIDSEG_SELECT_MODALITIES", "DX")
+    get_settings.cache_clear()  # the bridge reads the settings once per process
+    try:
+        state = tmp_path / "state.json"
+        where = [api, rest if api == "--orthanc-url" else dicomweb]
+        assert run_bridge(where, live_service, state, "--study", study, "--outputs", "seg") == 0
+    finally:
+        get_settings.cache_clear()
+    saved = json.loads(state.read_text())
+    assert read(cr).SOPInstanceUID not in json.dumps(saved)
+    assert results_in(rest, study)["SEG"] == [read(dx).SOPInstanceUID]
+
+
+@pytest.mark.parametrize("api", ["--orthanc-url", "--dicomweb-url"])
+def test_a_knee_or_a_lateral_view_is_skipped_without_its_file_being_downloaded(pacs, live_service, tmp_path, capsys,
+                                                                                caplog, http_requests, api):
+    """The rules are applied to what the PACS says of each instance (Orthanc's tags, QIDO-RS includefield):
+    only the chest X-ray's file is fetched, the knee and the lateral CR are recorded as skipped unfetched."""
+    rest, dicomweb = pacs
+    study = generate_uid()
+    chest = make_cxr_dicom(COVID[0], "CR", study_uid=study)
+    knee = make_cxr_dicom(NORMAL[0], "CR", study_uid=study, body_part="KNEE", view=None)
+    lateral = make_cxr_dicom(NORMAL[1], "CR", "MONOCHROME1", study_uid=study, view="LL")
+    for data in (chest, knee, lateral):
+        upload(rest, data)
+    ids = {read(d).SOPInstanceUID: orthanc_id(rest, read(d).SOPInstanceUID) for d in (chest, knee, lateral)}
+    state, where = tmp_path / "state.json", [api, rest if api == "--orthanc-url" else dicomweb]
+    del http_requests[:]
+    with caplog.at_level(logging.INFO, logger="app"):
+        assert run_bridge(where, live_service, state, "--study", study, "--outputs", "seg") == 0
+    assert files_fetched(http_requests, ids) == [read(chest).SOPInstanceUID]
+    out = capsys.readouterr().out
+    assert table_count(out, "images downloaded") == 1 and table_count(out, "skipped (selection rules)") == 2
+    skipped = json.loads(state.read_text())["skipped"]
+    assert "body part KNEE" in skipped[read(knee).SOPInstanceUID] and "view LL" in skipped[read(lateral).SOPInstanceUID]
+    assert "skipped an instance before download: body part KNEE" in caplog.text
+    assert "skipped an instance before download: view LL" in caplog.text
+    assert not any(uid in caplog.text for uid in ids)  # the reason, never the instance
+    assert results_in(rest, study)["SEG"] == [read(chest).SOPInstanceUID]

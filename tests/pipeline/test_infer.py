@@ -62,10 +62,3 @@ def test_cuda_options_come_from_settings():
                                                  "gpu_mem_limit": 512 * 1024 * 1024}), "CPUExecutionProvider"]
     default = infer.provider_list(["CUDAExecutionProvider"], Settings().cuda_options())[0][1]
     assert default["use_tf32"] == 0 and "gpu_mem_limit" not in default  # TF32 off: CUDA agrees with CPU
-
-
-def test_microbatching_defaults_on_for_cuda_and_off_for_cpu():
-    assert Settings().microbatch_wait_s("CUDAExecutionProvider") > 0
-    assert Settings().microbatch_wait_s("CPUExecutionProvider") == 0
-    assert Settings(microbatch_wait_ms=0).microbatch_wait_s("CUDAExecutionProvider") == 0
-    assert Settings(microbatch_wait_ms=5).microbatch_wait_s("CPUExecutionProvider") == 0.005

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from app.pipeline.postprocess import infection_mask, postprocess
 
@@ -43,3 +44,26 @@ def test_postprocess_applies_the_rule_at_the_image_size_and_records_it():
     assert not seg.infection_mask[:20, :20].any() and seg.infection_mask[42:54, 42:54].all()
     plain = postprocess(probs, 64, 64, threshold=0.5)
     assert plain.infection_pixels > seg.infection_pixels
+
+
+def by_definition(prob: np.ndarray, threshold: float, peak: float) -> np.ndarray:
+    """The rule written out with no shortcut: label every region, keep those holding a pixel at the peak."""
+    from scipy import ndimage
+
+    regions, count = ndimage.label(prob >= threshold, structure=np.ones((3, 3), dtype=bool))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[regions[prob >= peak]] = True
+    return keep[regions]
+
+
+@pytest.mark.parametrize("peak", [0.7, 0.9, 0.99])
+def test_the_rule_equals_its_definition_when_all_some_or_no_regions_peak(peak):
+    rng = np.random.default_rng(22)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(96, 96)), axis=0), axis=1)  # blobs, not specks
+    prob = ((smooth - smooth.min()) / np.ptp(smooth)).astype(np.float32)
+    for threshold in (0.3, 0.5, 0.6):
+        expected = by_definition(prob, threshold, peak)
+        assert infection_mask(prob, threshold, peak).dtype == bool
+        assert np.array_equal(infection_mask(prob, threshold, peak), expected)
+    assert not infection_mask(two_regions(), 0.5, 0.95).any()  # no region reaches it
+    assert np.array_equal(infection_mask(two_regions(), 0.5, 0.58), two_regions() >= 0.5)  # every region does

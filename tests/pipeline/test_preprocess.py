@@ -23,6 +23,20 @@ def test_scales_to_minus_one_one_and_replicates_channels():
     assert np.array_equal(x[0], x[1]) and np.array_equal(x[1], x[2])
 
 
+def test_every_gray_level_scales_to_the_bits_of_the_float_arithmetic():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)  # each 8-bit value once
+    by_arithmetic = 2.0 * (levels.astype(np.float32) / 255.0 - 0.5)
+    for x in (pp.preprocess_image(levels, size=16), pp.preprocess_batch([levels, levels[::-1]], size=16)[0]):
+        assert x.dtype == np.float32 and x.tobytes() == np.repeat(by_arithmetic[None], 3, axis=0).tobytes()
+
+
+def test_a_batch_is_its_images_stacked():
+    grays = [read_gray(p) for p in fixture_images("Val", "COVID-19")] + [np.full((300, 500), 77, np.uint8)]
+    batch = pp.preprocess_batch(grays)
+    assert batch.shape == (len(grays), 3, pp.INPUT_SIZE, pp.INPUT_SIZE) and batch.dtype == np.float32
+    assert batch.tobytes() == np.stack([pp.preprocess_image(g) for g in grays]).tobytes()
+
+
 def test_resizes_other_sizes_to_the_network_input():
     gray = np.full((300, 500), 128, dtype=np.uint8)
     assert pp.preprocess_image(gray).shape == (3, pp.INPUT_SIZE, pp.INPUT_SIZE)

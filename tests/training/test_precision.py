@@ -1,10 +1,11 @@
 """The CPU precision probe picks whichever of fp32 and bf16 trains faster here."""
 
+import time
+
 import pytest
 import torch
 
 from training import precision
-from training.model import build_model
 
 
 @pytest.mark.parametrize("fp32, bf16, expected", [(2.0, 1.0, "bf16"), (1.0, 2.0, "fp32")])
@@ -15,5 +16,25 @@ def test_auto_precision_on_cpu_takes_the_faster_of_fp32_and_bf16(monkeypatch, fp
     assert precision.resolve_precision("bf16", torch.device("cpu"), 64) == "bf16"  # asked for: no probe
 
 
-def test_step_seconds_times_a_real_step():
-    assert 0 < precision.step_seconds(build_model().to(memory_format=torch.channels_last), "bf16", 64, batch=1) < 60
+class Timed(torch.nn.Module):
+    """A one-layer model whose first forward (the warm-up) is slow, recording its compute dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 3)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, x):
+        out = self.conv(x)
+        self.dtypes.append(out.dtype)
+        time.sleep(0.5 if len(self.dtypes) == 1 else 0.02)
+        return out
+
+
+@pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_step_seconds_times_forward_and_backward_in_that_precision_after_a_warm_up(name, dtype):
+    model = Timed()
+    seconds = precision.step_seconds(model, name, 16, batch=1, steps=2)
+    assert model.dtypes == [dtype] * 3  # one warm-up step, then the two timed ones
+    assert 0.02 <= seconds < 0.5  # the warm-up is not counted
+    assert model.conv.weight.grad is not None and model.conv.weight.grad.abs().sum() > 0  # backward ran

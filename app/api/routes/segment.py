@@ -34,6 +34,10 @@ TtaQuery = Annotated[Literal["none", "flip"] | None, Query(
 OutputQuery = Annotated[PngOutput, Query(
     description="with format=png: mask (0/255), overlay, probability (8-bit), lung (0/255) or image "
                 "(the image as segmented: 8-bit gray after the DICOM LUTs); at the input's width and height")]
+SelectionQuery = Annotated[Literal["apply", "ignore"], Query(
+    description="DICOM inputs: apply (default) refuses, with 422 not_selected, what the COVIDSEG_SELECT_* rules of "
+                "the node and the bridge leave out (a knee, a lateral view, another modality, a FOR PROCESSING "
+                "image); ignore segments it anyway, for research use. PNG and JPEG inputs are not judged")]
 
 
 async def read_upload(file: UploadFile, settings: Settings, index: int | None = None) -> Upload:
@@ -74,11 +78,13 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
                   file: Annotated[UploadFile, File(description="PNG or JPEG (8/16-bit gray, RGB, RGBA, palette, "
                                                                "CMYK) or DICOM")],
                   threshold: ThresholdQuery = None, format: FormatQuery = None,
-                  output: OutputQuery = PngOutput.mask, include: IncludeQuery = None, tta: TtaQuery = None):
+                  output: OutputQuery = PngOutput.mask, include: IncludeQuery = None, tta: TtaQuery = None,
+                  selection: SelectionQuery = "apply"):
     await refuse_a_second_file(request)
     if format is None:
         format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
-    spec = OutputSpec(format, service.threshold_or_default(threshold), output, OutputSpec.parse_include(include), tta)
+    spec = OutputSpec(format, service.threshold_or_default(threshold), output, OutputSpec.parse_include(include), tta,
+                      apply_selection=selection == "apply")
     timings = Timings()
     finished = (await service.process([await read_upload(file, settings)], spec, timings))[0]
     if finished.payload is not None:
@@ -92,12 +98,13 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
 async def segment_batch(request: Request, service: ServiceDep, settings: SettingsDep,
                         files: Annotated[list[UploadFile], File(description="several images, repeated multipart "
                                                                             "field 'files'")],
-                        threshold: ThresholdQuery = None, include: IncludeQuery = None, tta: TtaQuery = None):
+                        threshold: ThresholdQuery = None, include: IncludeQuery = None, tta: TtaQuery = None,
+                        selection: SelectionQuery = "apply"):
     if len(files) > settings.max_batch_files:
         raise PipelineError(Problem.TOO_LARGE, "too_many_files",
                             f"{len(files)} files sent; at most {settings.max_batch_files} per batch request")
     spec = OutputSpec(OutputFormat.json, service.threshold_or_default(threshold),
-                      include=OutputSpec.parse_include(include), tta=tta)
+                      include=OutputSpec.parse_include(include), tta=tta, apply_selection=selection == "apply")
     timings = Timings()
     uploads = [await read_upload(f, settings, index=i) for i, f in enumerate(files)]
     finished = await service.process(uploads, spec, timings)

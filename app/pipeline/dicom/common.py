@@ -3,20 +3,24 @@
 Result UIDs are derived from the source instance, the model's sha256, the threshold and the kind
 of result, so the same request always yields the same UIDs: a result delivered twice (a node
 restarted mid-delivery, a bridge that lost its state) replaces itself in the PACS instead of
-duplicating, and a bridge can ask the PACS whether a result already exists before making it.
+duplicating, and a bridge can ask the PACS whether a result already exists before making it. They are
+UUID-derived (``2.25.<UUID as an integer>``, PS3.5 B.2), so no organisation root is needed.
+
+The same inputs also give the same bytes: a result's dates and times are the source's own (see
+:func:`result_datetime`), never the time it was made, so a result made again is the same object.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
+import json
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 
 import pydicom
 from pydicom.datadict import tag_for_keyword as keyword_to_tag
 from pydicom.dataelem import DataElement
-from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
 
 from app import __version__
@@ -25,6 +29,7 @@ MANUFACTURER = "covidseg"
 #: Result kinds, by the name used in settings, formats and the spool.
 KINDS = ("seg", "sc", "sr")
 KIND_TITLES = {"seg": "infection segmentation", "sc": "overlay", "sr": "measurements"}
+#: The defaults of ``COVIDSEG_SEG_SERIES_NUMBER``, ``_SC_`` and ``_SR_`` (Settings reads them here).
 DEFAULT_SERIES_NUMBERS = {"seg": 9901, "sc": 9902, "sr": 9903}
 
 #: Patient and study attributes copied from the source into every result, so that the results
@@ -33,6 +38,7 @@ PATIENT_STUDY_KEYWORDS = (
     "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate",
     "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
     "EthnicGroup", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence",
     "ReferringPhysicianName", "StudyDescription", "ProcedureCodeSequence",
 )
@@ -55,10 +61,24 @@ class ResultOptions:
     series_numbers: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SERIES_NUMBERS))
     institution_name: str | None = None
 
+    def series_number(self, kind: str) -> int:
+        return self.series_numbers.get(kind, DEFAULT_SERIES_NUMBERS[kind])
+
+
+#: The namespace of the name-based UUIDs behind every UID the writers make (a random UUID, fixed here:
+#: changing it changes every result's UID).
+UID_NAMESPACE = uuid.UUID("bd782401-ea96-4e8b-843b-8f67b8bb91e1")
+
+
+def derived_uid(*names: str) -> str:
+    """``2.25.<int>`` of the version-5 (SHA-1, name-based) UUID of ``names`` in :data:`UID_NAMESPACE`: the
+    same names, the same UID; at most 44 characters (a UUID is below 2**128, 39 digits)."""
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, json.dumps(names)).int}"
+
 
 def result_uid(kind: str, source_uid: str, model_sha256: str, threshold: float) -> str:
     """A UID for a result that is the same for the same source, model, threshold and kind."""
-    return generate_uid(entropy_srcs=["covidseg", kind, source_uid, model_sha256, f"{float(threshold):.6g}"])
+    return derived_uid(kind, source_uid, model_sha256, f"{float(threshold):.6g}")
 
 
 @dataclass(frozen=True)
@@ -117,14 +137,45 @@ def series_description(kind: str, model: ModelRef) -> str:
     return f"{model.name} {model.version} {KIND_TITLES[kind]}"[:64]
 
 
+#: Where a result's date and time come from, the first pair with a valid date: the source's content, its
+#: acquisition, its series, its study. Without any, :data:`NO_DATETIME`; a date without a time gets 000000.
+SOURCE_DATETIMES = (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime"),
+                    ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))
+NO_DATETIME = ("19000101", "000000")
+#: Type 3 times of making that highdicom stamps with the clock: left out, so the same inputs give the same bytes.
+CLOCK_KEYWORDS = ("InstanceCreationDate", "InstanceCreationTime", "DateOfSecondaryCapture", "TimeOfSecondaryCapture")
+
+
+def result_datetime(source: pydicom.Dataset) -> tuple[str, str]:
+    """The date (DA) and time (TM) every result of ``source`` carries: the source's own, so they are the
+    same each time the result is made (and the result sorts beside its image)."""
+    for date_keyword, time_keyword in SOURCE_DATETIMES:
+        date, time = str(source.get(date_keyword) or "").strip(), str(source.get(time_keyword) or "").strip()
+        if date and _parses(DA, date):
+            return date, time if time and _parses(TM, time) else NO_DATETIME[1]
+    return NO_DATETIME
+
+
+def stamp_datetimes(target: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """Series and content date and time from :func:`result_datetime`; the clock's times left out."""
+    date, time = result_datetime(source)
+    target.SeriesDate, target.SeriesTime = date, time
+    target.ContentDate, target.ContentTime = date, time
+    for keyword in CLOCK_KEYWORDS:
+        if keyword in target:
+            delattr(target, keyword)
+    for item in target.get("ContributingEquipmentSequence", []):  # highdicom's own item has the clock's time
+        if "ContributionDateTime" in item:
+            del item.ContributionDateTime
+
+
 def finish_result(target: pydicom.Dataset, source: pydicom.Dataset, kind: str, model: ModelRef,
-                  options: ResultOptions, now: dt.datetime | None = None) -> None:
+                  options: ResultOptions) -> None:
     """Patient/study from the source; series date, time, description; equipment."""
     copy_patient_study(source, target)
-    now = now or dt.datetime.now()
-    target.SeriesDate, target.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    stamp_datetimes(target, source)
     target.SeriesDescription = series_description(kind, model)
-    target.SeriesNumber = options.series_numbers.get(kind, DEFAULT_SERIES_NUMBERS[kind])
+    target.SeriesNumber = options.series_number(kind)
     target.Manufacturer = MANUFACTURER
     target.ManufacturerModelName = model.name[:64]
     target.SoftwareVersions = [model.version, f"service {__version__}"]

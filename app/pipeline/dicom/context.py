@@ -8,7 +8,8 @@ from functools import cached_property
 import numpy as np
 import pydicom
 
-from app.pipeline.dicom.common import ModelRef, ResultIdentity, ResultOptions, conformant_source
+from app.pipeline.dicom.common import ModelRef, ResultIdentity, ResultOptions
+from app.pipeline.dicom.source import writer_source
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation
 
@@ -26,8 +27,8 @@ class ResultContext:
 
     @cached_property
     def source(self) -> pydicom.Dataset:
-        """The source image as the writers copy it (see :func:`conformant_source`)."""
-        return conformant_source(self.loaded.dicom.dataset)
+        """The source image as the writers copy it (see :mod:`app.pipeline.dicom.source`)."""
+        return writer_source(self.loaded.dicom.dataset)
 
     @property
     def gray(self) -> np.ndarray:

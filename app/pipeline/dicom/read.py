@@ -1,7 +1,9 @@
 """Read: a DICOM upload -> :class:`LoadedImage` (8-bit grayscale).
 
-Applies the Modality LUT (Rescale Slope/Intercept), then the VOI LUT or Window Center/Width,
-inverts MONOCHROME1 and scales any bit depth to 0..255. Compressed transfer syntaxes (JPEG
+Grayscale: applies the Modality LUT (Rescale Slope/Intercept), then the VOI LUT or Window
+Center/Width, inverts MONOCHROME1 and scales any bit depth to 0..255. Colour (RGB, the YBR
+family, PALETTE COLOR): pydicom decodes to RGB (the palette through its LUTs), and that is
+converted to gray as a PNG or JPEG upload is. Compressed transfer syntaxes (JPEG
 baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through the pylibjpeg/pyjpegls plugins.
 """
 
@@ -14,13 +16,19 @@ from contextlib import contextmanager
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 
 from app.pipeline.errors import PipelineError, Problem
 from app.pipeline.load import DicomSource, LoadedImage, check_dimensions, stretch_to_uint8
 
 DICOM_MEDIA_TYPE = "application/dicom"
-SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+#: What pydicom decodes to RGB (``as_rgb``): every YBR it converts, JPEG 2000's reversible and
+#: irreversible colour transforms (which the decoder undoes), RGB itself. Not YBR_PARTIAL_420
+#: (MPEG video) nor the retired YBR_PARTIAL_422.
+DECODED_TO_RGB = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+PALETTE = "PALETTE COLOR"
+SUPPORTED_PHOTOMETRIC = (*GRAYSCALE, *DECODED_TO_RGB, PALETTE)
 
 
 def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str | None = None) -> bool:
@@ -113,6 +121,7 @@ def can_decode(syntax: str) -> bool:
 def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     with corrupt_unless_understood("the DICOM pixel data is truncated or corrupt"):
         try:
+            ds.pixel_array_options(as_rgb=True)  # pydicom's default, relied on: colour comes out RGB
             return ds.pixel_array
         except (NotImplementedError, RuntimeError) as exc:
             syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "unknown")
@@ -123,10 +132,10 @@ def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
-    """Stored pixels -> the 8-bit grayscale a reader would see (LUTs, window, MONOCHROME1 inverted)."""
-    if photometric.startswith(("RGB", "YBR")):
-        rgb = pixels if photometric == "RGB" else pydicom.pixels.convert_color_space(pixels, photometric, "RGB")
-        return np.asarray(Image.fromarray(np.asarray(rgb, dtype=np.uint8)).convert("L"))
+    """Decoded pixels -> the 8-bit grayscale a reader would see (LUTs, window, MONOCHROME1 inverted;
+    colour as its luma)."""
+    if photometric not in GRAYSCALE:
+        return colour_to_gray(ds, pixels, photometric)
     values = apply_modality_lut(pixels, ds)
     if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
         # The presentation the modality chose: window onto its output range.
@@ -134,6 +143,20 @@ def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) ->
     else:  # no presentation given: stretch the image's own range
         gray = stretch_to_uint8(values)
     return 255 - gray if photometric == "MONOCHROME1" else gray  # higher values are darker in MONOCHROME1
+
+
+def colour_to_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
+    """RGB as pydicom decodes it (YBR already converted: converting again was the bug), or a
+    palette's indices through its LUTs; scaled to 8 bits and converted to gray by Pillow, as
+    a PNG or JPEG upload is, so the same picture gives the same input either way."""
+    if photometric == PALETTE:
+        rgb, top = apply_color_lut(pixels, ds), 2 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1
+    else:
+        rgb, top = pixels, 2 ** int(ds.BitsStored) - 1
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", f"{photometric} pixel data does not hold 3 samples "
+                                                             "per pixel")
+    return np.asarray(Image.fromarray(stretch_to_uint8(rgb, 0.0, float(top)), "RGB").convert("L"))
 
 
 def source_of(ds: pydicom.Dataset) -> DicomSource:

@@ -8,14 +8,29 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.uid import ExplicitVRLittleEndian
 
-from app.pipeline.dicom.common import finish_result
+from app.pipeline.dicom.common import MANUFACTURER, finish_result
 from app.pipeline.dicom.context import ResultContext
+from app.pipeline.dicom.source import patient_orientation
 from app.pipeline.render import overlay_rgb
 
 KIND = "sc"
-#: General Series/Image attributes a viewer needs to hang the capture beside its source.
+#: Smallest type of the burned-in summary, px: the text shrinks to fit the width down to this.
 MIN_TEXT_PX = 8
-COPIED_FROM_SOURCE = ("BodyPartExamined", "Laterality", "ImageLaterality", "ViewPosition")
+#: What a viewer needs to hang the capture beside its source, with the values each may take here:
+#: BodyPartExamined (General Series, Type 3; any Defined Term), ImageLaterality (General Image,
+#: Type 3; enumerated), ViewPosition (in no module of the SC IOD: a Standard Extended attribute).
+#: Each is copied only with a value; Laterality is not copied as it is but follows from them (below).
+COPIED_FROM_SOURCE: dict[str, tuple[str, ...] | None] = {
+    "BodyPartExamined": None, "ImageLaterality": ("R", "L", "U", "B"), "ViewPosition": None}
+#: Body Part Examined Defined Terms (PS3.16 Annex L) of unpaired parts: with one, the series has
+#: no Laterality. Any other term, or none, may be paired.
+UNPAIRED_BODY_PARTS = frozenset({
+    "CHEST", "ABDOMEN", "PELVIS", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS", "HEAD", "HEADNECK", "NECK",
+    "SKULL", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "COCCYX", "HEART", "MEDIASTINUM"})
+LATERALITIES = ("R", "L")
+#: highdicom accepts only single-letter orientations ("FL" fails): it gets this, and the capture
+#: then the source's own (:func:`patient_orientation`).
+ANY_ORIENTATION = ("L", "F")
 
 
 def summary_line(ctx: ResultContext) -> str:
@@ -53,21 +68,38 @@ def burned_in_overlay(ctx: ResultContext) -> np.ndarray:
     return np.asarray(image)
 
 
+def copy_hanging_attributes(source: pydicom.Dataset, sc: pydicom.Dataset) -> None:
+    for keyword, allowed in COPIED_FROM_SOURCE.items():
+        value = str(source.get(keyword, "") or "").strip().upper()
+        if value and (allowed is None or value in allowed):
+            sc[keyword] = source[keyword]
+
+
+def series_laterality(source: pydicom.Dataset, sc: pydicom.Dataset) -> str | None:
+    """General Series Laterality (Type 2C): required when the capture has no ImageLaterality and its
+    body part may be paired (not given, or not an unpaired term): then the source's R or L, else
+    empty (unknown). ``None`` (absent) otherwise, as for a chest."""
+    if "ImageLaterality" in sc or str(sc.get("BodyPartExamined", "")).strip().upper() in UNPAIRED_BODY_PARTS:
+        return None
+    value = str(source.get("Laterality", "") or "").strip().upper()
+    return value if value in LATERALITIES else ""
+
+
 def write_secondary_capture(ctx: ResultContext) -> pydicom.Dataset:
     source, ident = ctx.source, ctx.identity(KIND)
-    orientation = tuple(source.get("PatientOrientation") or ())[:2] or ("L", "F")
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=burned_in_overlay(ctx), photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=ident.series_instance_uid, series_number=1,
+        coordinate_system="PATIENT", series_instance_uid=ident.series_instance_uid,
+        series_number=ctx.options.series_number(KIND),
         sop_instance_uid=ident.sop_instance_uid, instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer="covidseg", patient_orientation=orientation, transfer_syntax_uid=ExplicitVRLittleEndian,
+        manufacturer=MANUFACTURER, patient_orientation=ANY_ORIENTATION, transfer_syntax_uid=ExplicitVRLittleEndian,
     )
+    sc.PatientOrientation = patient_orientation(source)
     sc.BurnedInAnnotation = "YES"
-    for keyword in COPIED_FROM_SOURCE:
-        if keyword in source:
-            sc[keyword] = source[keyword]
-    if "BodyPartExamined" not in sc and "Laterality" not in sc:
-        sc.Laterality = ""  # Type 2C: required (may be empty) unless the body part says it is not paired
+    copy_hanging_attributes(source, sc)
+    laterality = series_laterality(source, sc)
+    if laterality is not None:
+        sc.Laterality = laterality
     reference = pydicom.Dataset()  # lets viewers and the bridge tie the capture to its source image
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -7,8 +7,9 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from app.pipeline.dicom.common import finish_result
+from app.pipeline.dicom.common import MANUFACTURER, finish_result, result_uid
 from app.pipeline.dicom.context import ResultContext
+from app.pipeline.dicom.source import patient_orientation
 
 KIND = "seg"
 INFECTION_SEGMENT, LUNG_SEGMENT = 1, 2
@@ -37,14 +38,25 @@ def segment_descriptions(ctx: ResultContext) -> list[hd.seg.SegmentDescription]:
     ]
 
 
+def derive_dimension_organization(seg: pydicom.Dataset, ctx: ResultContext) -> None:
+    """highdicom makes a random DimensionOrganizationUID under its own root: derived instead, like every
+    result UID, so the same inputs give the same bytes."""
+    uid = result_uid("seg-dimension-organization", str(ctx.source.SOPInstanceUID), ctx.model.sha256,
+                     ctx.seg.threshold)
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in seg.get(keyword, []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = uid
+
+
 def write_segmentation(ctx: ResultContext) -> pydicom.Dataset:
     source, ident = ctx.source, ctx.identity(KIND)
     pixel_array = np.stack([ctx.seg.infection_mask, ctx.seg.lung_mask], axis=-1)[None].astype(np.uint8)
     seg = hd.seg.Segmentation(
         source_images=[source], pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(ctx), series_instance_uid=ident.series_instance_uid,
-        series_number=1, sop_instance_uid=ident.sop_instance_uid,
-        instance_number=int(source.get("InstanceNumber") or 1), manufacturer="covidseg",
+        series_number=ctx.options.series_number(KIND), sop_instance_uid=ident.sop_instance_uid,
+        instance_number=int(source.get("InstanceNumber") or 1), manufacturer=MANUFACTURER,
         manufacturer_model_name=ctx.model.name, software_versions=ctx.model.version, device_serial_number="0",
         content_description=f"infection threshold {ctx.seg.threshold:g}", content_label="COVIDSEG",
         omit_empty_frames=False,
@@ -55,6 +67,7 @@ def write_segmentation(ctx: ResultContext) -> pydicom.Dataset:
         shared = seg.SharedFunctionalGroupsSequence[0]
         if "PixelMeasuresSequence" in shared:
             del shared.PixelMeasuresSequence
-        seg.PatientOrientation = source.get("PatientOrientation", "")  # Type 2C without a frame of reference
+        seg.PatientOrientation = patient_orientation(source)  # Type 2C without a frame of reference
+    derive_dimension_organization(seg, ctx)
     finish_result(seg, source, KIND, ctx.model, ctx.options)
     return seg

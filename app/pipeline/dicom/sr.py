@@ -15,11 +15,15 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
 from app.pipeline.dicom import seg as seg_writer
-from app.pipeline.dicom.common import finish_result, result_uid
+from app.pipeline.dicom.common import MANUFACTURER, finish_result, result_uid
 from app.pipeline.dicom.context import ResultContext
 
 KIND = "sr"
 SCHEME = "99COVIDSEG"  # private coding scheme for what SNOMED and LOINC have no code for
+#: The private scheme's identification (SOP Common, CodingSchemeIdentificationSequence): a "99" designator
+#: is local, so the report says whose it is.
+SCHEME_NAME = "covidseg private codes"
+SCHEME_RESPONSIBLE_ORGANIZATION = "covidseg project"
 PPAR = CodedConcept("PPAR", SCHEME, "Predicted positive area ratio")
 INFECTED_LUNG_SHARE = CodedConcept("ILS", SCHEME, "Infected share of lung field")
 LUNG_SHARE = CodedConcept("LFR", SCHEME, "Lung field share of image")
@@ -105,20 +109,30 @@ def drop_segment_numbers_beside_frames(items: pydicom.Sequence) -> None:
         drop_segment_numbers_beside_frames(item.get("ContentSequence", []))
 
 
+def private_scheme_identification() -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = SCHEME_RESPONSIBLE_ORGANIZATION
+    return item
+
+
 def write_measurement_report(ctx: ResultContext) -> pydicom.Dataset:
     source, ident = ctx.source, ctx.identity(KIND)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=result_uid("device", ctx.model.name, ctx.model.sha256, 0.0), name=ctx.model.name,
-            manufacturer_name="covidseg", model_name=f"{ctx.model.name} {ctx.model.version}"))
+            manufacturer_name=MANUFACTURER, model_name=f"{ctx.model.name} {ctx.model.version}"))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CHEST_XRAY, imaging_measurements=measurement_groups(ctx))
     sr = hd.sr.Comprehensive3DSR(
         evidence=[source, seg_evidence(ctx)], content=report[0], series_instance_uid=ident.series_instance_uid,
-        series_number=1, sop_instance_uid=ident.sop_instance_uid, instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer="covidseg", is_complete=True, is_final=False, is_verified=False)
+        series_number=ctx.options.series_number(KIND), sop_instance_uid=ident.sop_instance_uid,
+        instance_number=int(source.get("InstanceNumber") or 1), manufacturer=MANUFACTURER,
+        is_complete=True, is_final=False, is_verified=False)
     drop_segment_numbers_beside_frames(sr.ContentSequence)
+    sr.CodingSchemeIdentificationSequence = [private_scheme_identification()]
     finish_result(sr, source, KIND, ctx.model, ctx.options)
     return sr
