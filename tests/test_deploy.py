@@ -125,7 +125,7 @@ def test_compose_pacs_profile_wires_orthanc_the_node_and_the_bridge():
 
 def test_ray_stays_out_of_the_serving_images_and_the_batch_image_and_profile_have_it():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert any(d.startswith("ray[data]==") for d in project["optional-dependencies"]["batch"])  # pinned
+    assert any(d.startswith("ray[data,default]==") for d in project["optional-dependencies"]["batch"])  # pinned
     assert not [d for d in project["dependencies"] if d.startswith(("ray", "pyarrow"))]
     for name in ("cpu", "gpu"):
         assert not [line for line in re.findall(r"pip install.*", stage(name)) if "batch" in line]

@@ -2,7 +2,10 @@
 object validated against the Kubernetes API schemas offline (kubernetes-validate's bundled schemas), and
 every value that also lives elsewhere checked against its one source: ``Settings`` (variable names and
 values, ports), the Dockerfile (exposed ports, the service user's uid, the image's paths and targets), the
-app (probe routes and modules), ``bench/RESULTS.md`` (memory) and docker-compose.yml (image names).
+app (probe routes and modules), ``bench/RESULTS.md`` (memory), docker-compose.yml (image names) and, for the
+batch overlay's KubeRay ``RayJob``, pyproject.toml's Ray pin and the installed Ray's own routes and ports. The
+RayJob is validated against deploy/kubernetes/schemas/rayjob.ray.io-v1.schema.json (a subset of KubeRay's API
+written here, not its CRD), and each of its pod templates as a core v1 PodTemplate.
 
 No cluster runs here: this checks what ``kubectl apply -k`` would send, not a deployment. A new overlay
 under deploy/kubernetes/overlays/ is picked up by every test below.
@@ -14,17 +17,22 @@ import base64
 import copy
 import functools
 import importlib.util
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
 from pydantic import AliasChoices
 
@@ -39,12 +47,19 @@ TARGETS = ["base", *(f"overlays/{name}" for name in OVERLAYS)]
 # The oldest and the newest API the manifests are checked against (kubernetes-validate ships both).
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 WORKLOADS = ("Deployment", "StatefulSet")
+RAY_JOB = "RayJob"  # KubeRay's (ray.io/v1): its pod templates are checked like the workloads'
+RAYJOB_SCHEMA = KUBE / "schemas" / "rayjob.ray.io-v1.schema.json"
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 SECRET = object()  # stands for a value taken from a Secret
 CLIENT_LABEL = {"covidseg-client": "true"}  # README, Kubernetes: kubectl label namespace ... covidseg-client=true
 API_KEY_SECRET = "covidseg-api-keys"
+PACS_SECRET = "covidseg-pacs"  # README, Kubernetes: kubectl create secret generic covidseg-pacs
+KUBERAY_LABEL = {"covidseg-kuberay": "true"}  # README: the KubeRay operator's namespace, for the dashboard port
 # Overlays whose image is not docker-compose.yml's CPU one.
-COMPOSE_SERVICE_OF = {"overlays/gpu": "covidseg-gpu"}
+COMPOSE_SERVICE_OF = {"overlays/gpu": "covidseg-gpu", "overlays/batch": "batch"}
+# Overlays without the service: the batch job runs its own engines (a test checks that only these lack it).
+WITHOUT_SERVICE = {"overlays/batch"}
+SERVICE_TARGETS = [t for t in TARGETS if t not in WITHOUT_SERVICE]
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -93,12 +108,41 @@ def named(docs: list[dict], kind: str, name: str) -> dict:
     return doc
 
 
-def containers(docs: list[dict]) -> Iterator[tuple[dict, dict, dict]]:
-    """(workload, pod spec, container) for every container of every workload."""
-    for workload in (d for d in docs if d["kind"] in WORKLOADS):
-        pod = workload["spec"]["template"]["spec"]
-        for container in pod["containers"] + pod.get("initContainers", []):
-            yield workload, pod, container
+@dataclass(frozen=True)
+class Pod:
+    """A pod template the cluster will run: a workload's, or one of a RayJob's (its head, each worker
+    group, its submitter: ``ray`` says which)."""
+
+    owner: dict
+    template: dict
+    name: str
+    ray: str | None = None  # "head", "worker" or "submitter" for a RayJob's pods
+
+    @property
+    def labels(self) -> dict:
+        return self.template["metadata"]["labels"]
+
+
+def pods(docs: list[dict]) -> Iterator[Pod]:
+    for doc in docs:
+        if doc["kind"] in WORKLOADS:
+            yield Pod(doc, doc["spec"]["template"], doc["metadata"]["name"])
+        elif doc["kind"] == RAY_JOB:
+            name, spec = doc["metadata"]["name"], doc["spec"]
+            cluster = spec["rayClusterSpec"]
+            yield Pod(doc, cluster["headGroupSpec"]["template"], f"{name}-head", "head")
+            for group in cluster.get("workerGroupSpecs", []):
+                yield Pod(doc, group["template"], f"{name}-{group['groupName']}", "worker")
+            if "submitterPodTemplate" in spec:
+                yield Pod(doc, spec["submitterPodTemplate"], f"{name}-submitter", "submitter")
+
+
+def containers(docs: list[dict]) -> Iterator[tuple[Pod, dict, dict]]:
+    """(pod, pod spec, container) for every container of every pod template."""
+    for pod in pods(docs):
+        spec = pod.template["spec"]
+        for container in spec["containers"] + spec.get("initContainers", []):
+            yield pod, spec, container
 
 
 def pod_labels(workload: dict) -> dict:
@@ -133,7 +177,8 @@ def settings_of(docs: list[dict], container: dict, monkeypatch: pytest.MonkeyPat
 
 
 def program(container: dict) -> list[str]:
-    return container.get("command") or dockerfile_cmd()
+    """What the container runs: its command, or its image's CMD (the Dockerfile target its tag names)."""
+    return container.get("command") or dockerfile_cmd(container["image"].rsplit(":", 1)[1])
 
 
 def runs_node(container: dict) -> bool:
@@ -191,12 +236,20 @@ def dockerfile_workdir() -> str:
     return re.findall(r"^WORKDIR\s+(\S+)$", DOCKERFILE, re.MULTILINE)[-1]
 
 
-def dockerfile_cmd() -> list[str]:
-    return yaml.safe_load(re.findall(r"^CMD\s+(\[.*\])$", DOCKERFILE, re.MULTILINE)[-1])
+def dockerfile_stage_parents() -> dict[str, str]:
+    return {name: parent for parent, name in re.findall(r"^FROM (\S+) AS (\S+)$", DOCKERFILE, re.MULTILINE)}
+
+
+def dockerfile_cmd(stage: str) -> list[str]:
+    """The CMD of a build target: its own stage's last, or the one it inherits from its base stage."""
+    text = re.search(rf"^FROM \S+ AS {re.escape(stage)}\n(.*?)(?=^FROM |\Z)", DOCKERFILE,
+                     re.MULTILINE | re.DOTALL).group(1)
+    commands = re.findall(r"^CMD\s+(\[.*\])$", text, re.MULTILINE)
+    return yaml.safe_load(commands[-1]) if commands else dockerfile_cmd(dockerfile_stage_parents()[stage])
 
 
 def dockerfile_stages() -> set[str]:
-    return set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, re.MULTILINE))
+    return set(dockerfile_stage_parents())
 
 
 @functools.cache
@@ -231,6 +284,10 @@ def memory_table() -> dict[str, float]:
 
 
 def validate(doc: dict) -> None:
+    """``doc`` against the Kubernetes API schemas; a RayJob against its schema and its pods as PodTemplates."""
+    if doc["kind"] == RAY_JOB:
+        validate_rayjob(doc)
+        return
     for version in KUBERNETES_VERSIONS:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -239,10 +296,33 @@ def validate(doc: dict) -> None:
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} against Kubernetes {version}: {path}: {exc.message}")
 
 
+@functools.cache
+def rayjob_validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(RAYJOB_SCHEMA.read_text())
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+def pod_template(pod: Pod) -> dict:
+    """A RayJob's pod template as the core object it is, for the Kubernetes API schemas."""
+    return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": pod.name}, "template": pod.template}
+
+
+def validate_rayjob(doc: dict) -> None:
+    errors = sorted(rayjob_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        pytest.fail("; ".join(f"{doc['metadata']['name']}: {'.'.join(map(str, e.absolute_path))}: {e.message}"
+                              for e in errors))
+    for pod in pods([doc]):
+        validate(pod_template(pod))
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_overlay_renders_and_each_object_matches_the_kubernetes_api_schema(target):
     docs = render(target)
-    assert of_kind(docs, "Deployment"), "every target deploys the service"
+    assert bool(of_kind(docs, "Deployment")) == (target not in WITHOUT_SERVICE), "the service, or a job"
+    assert list(containers(docs)), "every target runs something"
     for doc in docs:
         validate(doc)  # an unknown kind raises SchemaNotFoundError: nothing is left unchecked
 
@@ -257,6 +337,40 @@ def test_the_validator_rejects_what_the_api_would():
     probe["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["periodSeconds"] = "5s"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(probe, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def rayjob() -> dict:
+    (job,) = of_kind(render("overlays/batch"), RAY_JOB)
+    return job
+
+
+def test_the_rayjob_schema_refuses_what_kuberay_would_and_says_it_is_a_subset():
+    job = rayjob()
+    validate_rayjob(job)
+    broken = []
+    for path, field, value in [((), "spec", None), (("spec",), "shutdownAfterJobFinish", True),
+                               (("spec", "rayClusterSpec"), "workerGroupSpec", []),
+                               (("spec", "rayClusterSpec", "headGroupSpec"), "rayStartParam", {}),
+                               (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "replica", 1)]:
+        doc = copy.deepcopy(job)
+        parent = functools.reduce(lambda node, key: node[key], path, doc)
+        parent[field] = value if value is not None else {**parent[field], "entrypoint": 1}
+        broken.append(doc)
+    worker = copy.deepcopy(job)
+    worker["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"]["num-cpus"] = 2  # strings only
+    mode = copy.deepcopy(job)
+    mode["spec"]["submissionMode"] = "K8sJob"
+    for doc in [*broken, worker, mode]:
+        assert list(rayjob_validator().iter_errors(doc)), doc
+    # a pod template's own mistakes are the Kubernetes API schemas' to find
+    head = copy.deepcopy(job)
+    container = head["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["readOnlyRootFileSystem"] = True
+    (head_pod,) = [p for p in pods([head]) if p.ray == "head"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod_template(head_pod), KUBERNETES_VERSIONS[0], strict=True)
+    description = json.loads(RAYJOB_SCHEMA.read_text())["description"]
+    assert "subset" in description and "NOT KubeRay's generated CRD" in description
 
 
 def test_components_render_and_validate_over_an_overlay(tmp_path):
@@ -282,6 +396,8 @@ def manifest_variables(docs: list[dict]) -> set[str]:
         names |= set(doc.get("data", {})) | set(doc.get("stringData", {}))
     for _, _, container in containers(docs):
         names |= {v["name"] for v in container.get("env", [])}
+    for job in of_kind(docs, RAY_JOB):  # the job's own environment, if it is given one
+        names |= set((yaml.safe_load(job["spec"].get("runtimeEnvYAML") or "{}") or {}).get("env_vars", {}))
     return names
 
 
@@ -306,18 +422,33 @@ def test_every_container_environment_is_valid_settings(target, monkeypatch):
         settings_of(docs, container, monkeypatch)  # a bad value raises, as it would stop the pod
 
 
-def test_api_keys_come_from_a_secret_and_never_from_a_configmap():
-    secret_fields = {n for n in settings_variables() if re.search(r"API_KEY|PASSWORD", n)}
+def secret_refs(container: dict) -> dict[str, dict]:
+    return {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container.get("env", [])
+            if "secretKeyRef" in v.get("valueFrom", {})}
+
+
+def credentials_needed(pod: Pod, container: dict) -> dict[str, str]:
+    """The credentials a container's program reads (variable: Secret): the service its API keys, the batch
+    job's driver (on the Ray head) the PACS login; the node, the Ray workers and the submitter none (the
+    driver hands the workers their PACS client's login)."""
+    if pod.ray == "head":
+        return {"COVIDSEG_PACS_USER": PACS_SECRET, "COVIDSEG_PACS_PASSWORD": PACS_SECRET}
+    if pod.ray or runs_node(container):
+        return {}
+    return {"COVIDSEG_API_KEYS": API_KEY_SECRET}
+
+
+def test_credentials_come_from_secrets_and_never_from_a_configmap():
+    secret_fields = {n for n in settings_variables() if re.search(r"API_KEY|PASSWORD|_USER$", n)}
+    assert {"COVIDSEG_API_KEYS", "COVIDSEG_PACS_PASSWORD", "COVIDSEG_PACS_USER"} <= secret_fields
     for target in TARGETS:
         docs = render(target)
         for config in of_kind(docs, "ConfigMap"):
             assert not set(config.get("data", {})) & secret_fields, f"{target}: a secret in a ConfigMap"
-        for _, _, container in containers(docs):
-            if runs_node(container):
-                continue  # the node calls no HTTP service
-            (keys,) = [v for v in container["env"] if v["name"] == "COVIDSEG_API_KEYS"]
-            ref = keys["valueFrom"]["secretKeyRef"]
-            assert ref == {"name": API_KEY_SECRET, "key": "COVIDSEG_API_KEYS"}  # not optional: no keys, no pod
+        for pod, _, container in containers(docs):
+            # not optional: no credentials, no pod (an empty value turns a check off)
+            expected = {name: {"name": secret, "key": name} for name, secret in credentials_needed(pod, container).items()}
+            assert secret_refs(container) == expected, f"{target}: {pod.name}/{container['name']}"
 
 
 def test_the_secret_generator_reads_the_ignored_key_file_and_the_service_uses_its_secret(tmp_path):
@@ -339,17 +470,49 @@ def test_the_secret_generator_reads_the_ignored_key_file_and_the_service_uses_it
 # ------------------------------------------------------------------------------------ ports, user, image
 
 
+def ray_source(relative: str) -> str:
+    """A file of the installed Ray (the batch extra's pin), read without importing Ray."""
+    spec = importlib.util.find_spec("ray")
+    assert spec and spec.submodule_search_locations, "Ray (the batch extra) is needed: pip install -e '.[batch]'"
+    return (Path(spec.submodule_search_locations[0]) / relative).read_text()
+
+
+def ray_constant(name: str) -> int:
+    return int(re.search(rf"^{name} = (\d+)$", ray_source("_private/ray_constants.py"), re.MULTILINE).group(1))
+
+
+@functools.cache
+def ray_routes() -> set[str]:
+    """The HTTP routes Ray's dashboard and its per-node agent serve (aiohttp route decorators)."""
+    spec = importlib.util.find_spec("ray")
+    dashboard = Path(spec.submodule_search_locations[0]) / "dashboard"
+    return {route for path in dashboard.rglob("*.py") if "tests" not in path.parts
+            for route in re.findall(r"routes\.get\(\s*\"([^\"]+)\"", path.read_text())}
+
+
+def ray_start_params(pod: Pod) -> dict[str, str]:
+    cluster = pod.owner["spec"]["rayClusterSpec"]
+    if pod.ray == "head":
+        return cluster["headGroupSpec"].get("rayStartParams", {})
+    (group,) = [g for g in cluster["workerGroupSpecs"] if g["template"] is pod.template]
+    return group.get("rayStartParams", {})
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_ports_are_the_ones_the_dockerfile_exposes_and_the_programs_listen_on(target, monkeypatch):
     docs = render(target)
     exposed = dockerfile_exposed()
-    for _, _, container in containers(docs):
+    for pod, _, container in containers(docs):
+        if pod.ray:  # Ray's own ports (KubeRay adds the ones not named); none of the service's
+            declared = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert declared == ({"dashboard": ray_constant("DEFAULT_DASHBOARD_PORT")} if pod.ray == "head" else {})
+            continue
         settings = settings_of(docs, container, monkeypatch)
         listens = settings.node_port if runs_node(container) else settings.port
         assert [p["containerPort"] for p in container["ports"]] == [listens]
         assert listens in exposed, f"port {listens} is not EXPOSEd by the Dockerfile"
     for service in of_kind(docs, "Service"):
-        backends = [c for w, _, c in containers(docs) if selects(service["spec"]["selector"], pod_labels(w))]
+        backends = [c for p, _, c in containers(docs) if selects(service["spec"]["selector"], p.labels)]
         assert backends, f"Service {service['metadata']['name']} selects no pod"
         for port in service["spec"]["ports"]:
             assert port["port"] in exposed
@@ -359,7 +522,7 @@ def test_ports_are_the_ones_the_dockerfile_exposes_and_the_programs_listen_on(ta
 @pytest.mark.parametrize("target", TARGETS)
 def test_pods_run_as_the_image_user_without_privileges(target):
     uid = dockerfile_uid()
-    for workload, pod, container in containers(render(target)):
+    for owner, pod, container in containers(render(target)):
         pod_sc, sc = pod["securityContext"], container["securityContext"]
         assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == uid
         assert sc["runAsNonRoot"] is True and sc.get("runAsUser", uid) == uid
@@ -371,6 +534,10 @@ def test_pods_run_as_the_image_user_without_privileges(target):
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert "emptyDir" in volumes[mounts["/tmp"]]
+        if owner.ray in ("head", "worker"):  # Ray's object store: shared memory, at least as large as Ray's cap
+            shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+            assert shm["medium"] == "Memory"
+            assert mebibytes(shm["sizeLimit"]) >= int(ray_start_params(owner)["object-store-memory"]) / 2**20
 
 
 def service_link_variables(service: dict) -> set[str]:
@@ -387,12 +554,13 @@ def service_link_variables(service: dict) -> set[str]:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_service_links_are_off_where_they_would_set_settings(target):
-    """A Service named covidseg gives every pod COVIDSEG_PORT=tcp://10.x.y.z:8000, which Settings would
-    read as its port and refuse: the pods must not get service links."""
-    docs = render(target)
-    links = set().union(*(service_link_variables(s) for s in of_kind(docs, "Service")))
+    """A Service named covidseg gives every pod of its namespace COVIDSEG_PORT=tcp://10.x.y.z:8000, which
+    Settings would read as its port and refuse: no pod may get service links, whichever overlays share the
+    namespace (the batch job's pods beside the service's)."""
+    services = [s for t in TARGETS for s in of_kind(render(t), "Service")]
+    links = set().union(*(service_link_variables(s) for s in services))
     assert links & settings_variables(), "the Services' names make variables Settings reads"
-    for _, pod, _ in containers(docs):
+    for _, pod, _ in containers(render(target)):
         assert pod["enableServiceLinks"] is False
 
 
@@ -408,9 +576,30 @@ def test_images_are_the_dockerfile_targets_as_compose_tags_them(target):
 # ------------------------------------------------------------------------------------------------ probes
 
 
+def check_ray_probes(pod: Pod, container: dict) -> None:
+    """HTTP probes on Ray's own health routes (KubeRay's default probes run wget, which the image lacks):
+    the GCS's through the head's dashboard, the raylet's through each node's dashboard agent."""
+    if pod.ray == "submitter":  # a Job's pod: it ends, nothing to probe
+        assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
+        return
+    agent = int(ray_start_params(pod)["dashboard-agent-listen-port"])
+    assert agent == ray_constant("DEFAULT_DASHBOARD_AGENT_LISTEN_PORT")  # KubeRay's default, said once here
+    expected = {"readinessProbe": ("/api/gcs_healthz", ray_constant("DEFAULT_DASHBOARD_PORT")) if pod.ray == "head"
+                else ("/api/local_raylet_healthz", agent),
+                "livenessProbe": ("/api/local_raylet_healthz", agent)}
+    for kind, (path, port) in expected.items():
+        probe = container[kind]["httpGet"]
+        assert probe["path"] == path and path in ray_routes(), f"{kind} {path}: not a route of this Ray"
+        assert container_port(container, probe["port"]) == port
+        assert container[kind]["timeoutSeconds"] < container[kind]["periodSeconds"]
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_probes_exist_and_point_at_real_routes_and_modules(target):
-    for _, _, container in containers(render(target)):
+    for pod, _, container in containers(render(target)):
+        if pod.ray:
+            check_ray_probes(pod, container)
+            continue
         module = program(container)[2]
         assert program(container)[:2] == ["python", "-m"] and importlib.util.find_spec(module), module
         for kind in PROBES:
@@ -431,8 +620,8 @@ def startup_budget(container: dict) -> int:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_service_is_ready_on_ready_alive_on_health_and_has_time_to_warm_up(target):
-    for _, _, container in containers(render(target)):
-        if runs_node(container):
+    for pod, _, container in containers(render(target)):
+        if runs_node(container) or pod.ray:
             continue
         assert container["startupProbe"]["httpGet"]["path"] == "/ready"
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
@@ -444,7 +633,7 @@ def test_the_service_is_ready_on_ready_alive_on_health_and_has_time_to_warm_up(t
 
 
 def node_container(docs: list[dict]) -> tuple[dict, dict, dict]:
-    (found,) = [(w, p, c) for w, p, c in containers(docs) if runs_node(c)]
+    (found,) = [(p.owner, s, c) for p, s, c in containers(docs) if runs_node(c)]
     return found
 
 
@@ -548,7 +737,7 @@ def service_container(docs: list[dict]) -> dict:
     return named(docs, "Deployment", "covidseg")["spec"]["template"]["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", SERVICE_TARGETS)
 def test_service_memory_follows_the_bench_figures_and_the_image_concurrency(target, monkeypatch):
     docs = render(target)
     container = service_container(docs)
@@ -565,10 +754,17 @@ def test_service_memory_follows_the_bench_figures_and_the_image_concurrency(targ
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_onnx_runtime_threads_match_the_cpu_limit(target, monkeypatch):
+    """The service's and the node's threads are a setting; a batch engine's are its Ray node's CPUs
+    (test_each_batch_engine_gets_one_worker_pods_cpus), which Ray must be told: it would count the node's."""
     docs = render(target)
-    for _, _, container in containers(docs):
+    for pod, _, container in containers(docs):
         resources = container["resources"]
-        assert settings_of(docs, container, monkeypatch).intra_op_threads == cores(resources["limits"]["cpu"])
+        if pod.ray == "worker":
+            assert cores(ray_start_params(pod)["num-cpus"]) == cores(resources["limits"]["cpu"])
+        elif pod.ray == "head":
+            assert ray_start_params(pod)["num-cpus"] == "0"  # no engine on the head: one per worker pod
+        elif not pod.ray:
+            assert settings_of(docs, container, monkeypatch).intra_op_threads == cores(resources["limits"]["cpu"])
         assert cores(resources["requests"]["cpu"]) <= cores(resources["limits"]["cpu"])
         assert mebibytes(resources["requests"]["memory"]) <= mebibytes(resources["limits"]["memory"])
 
@@ -610,7 +806,140 @@ def test_node_overlay_runs_the_node_beside_the_service_in_the_same_image():
     assert [p["port"] for p in service["spec"]["ports"]] == [Settings().node_port]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+# -------------------------------------------------------------------------------------- the batch job (KubeRay)
+
+# MiB, resident, measured here with ray start (Ray 2.60): the head's own processes (GCS, raylet, dashboard and
+# its agents, log monitor, autoscaler monitor), a worker node's (raylet, agents, log monitor), and the batch
+# job's driver (its imports: Ray, pyarrow, matplotlib, 265) with the job supervisor Ray starts for it (100).
+RAY_HEAD_MIB = 600
+RAY_NODE_MIB = 380
+DRIVER_MIB = 365
+
+
+def ray_pod(docs: list[dict], role: str) -> tuple[Pod, dict]:
+    (found,) = [(p, c) for p, _, c in containers(docs) if p.ray == role]
+    return found
+
+
+def entrypoint_args(docs: list[dict], monkeypatch: pytest.MonkeyPatch):
+    """The RayJob's entrypoint as python -m app.batch parses it, with the head's environment (its driver's)."""
+    from app.batch.__main__ import parse_args
+
+    (job,) = of_kind(docs, RAY_JOB)
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "app.batch"] and importlib.util.find_spec("app.batch.__main__")
+    return parse_args(argv[3:], settings_of(docs, ray_pod(docs, "head")[1], monkeypatch))  # bad flags exit
+
+
+def worker_groups(docs: list[dict]) -> list[dict]:
+    (job,) = of_kind(docs, RAY_JOB)
+    return job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+
+
+def test_only_the_batch_overlay_goes_without_the_service():
+    assert {t for t in TARGETS if not of_kind(render(t), "Deployment")} == WITHOUT_SERVICE
+    assert {t for t in TARGETS if of_kind(render(t), RAY_JOB)} == WITHOUT_SERVICE
+
+
+def test_the_batch_job_reads_the_pacs_and_writes_to_the_claim_on_the_head_where_its_driver_runs(monkeypatch):
+    docs = render("overlays/batch")
+    (job,) = of_kind(docs, RAY_JOB)
+    spec = job["spec"]
+    args = entrypoint_args(docs, monkeypatch)
+    head, head_container = ray_pod(docs, "head")
+    url = environment(docs, head_container)["COVIDSEG_PACS_DICOMWEB_URL"]  # one place: batch-settings.env
+    assert args.dicomweb_url == url and url.startswith(("http://", "https://")) and args.source is None
+    assert args.ray_address is None  # KubeRay's entrypoint gets RAY_ADDRESS: Ray's own cluster
+    assert args.user == args.password == "key1"  # from the Secret, as the driver reads them
+    # K8sJobMode: the submitter pod runs ray job submit; the driver then runs on the head, as no entrypoint
+    # resources are asked for (the schema admits none).
+    assert spec["submissionMode"] == "K8sJobMode"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    volumes = {v["name"]: v for v in head.template["spec"]["volumes"]}
+    (claim_mount,) = [m for m in head_container["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]]
+    claim = named(docs, "PersistentVolumeClaim", volumes[claim_mount["name"]]["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["resources"]["requests"]["storage"]
+    mount = Path(claim_mount["mountPath"])
+    assert mount in args.out.parents  # below the volume's root, which only root may chmod (as the node's spool)
+    assert re.search(rf"install -d -m 700 -o covidseg {mount}\b", DOCKERFILE)  # over the image's own folder
+    context = head.template["spec"]["securityContext"]
+    assert context["fsGroup"] == context["runAsUser"] == dockerfile_uid()  # the claim is the driver's to write
+    for pod in pods(docs):  # a ReadWriteOnce claim on one pod: the workers return rows, the driver writes them
+        claims = [v for v in pod.template["spec"].get("volumes", []) if "persistentVolumeClaim" in v]
+        assert bool(claims) == (pod.ray == "head"), pod.name
+    assert not args.outputs  # DICOM results would be written by the workers, which have no claim (--stow instead)
+
+
+def test_each_batch_engine_gets_one_worker_pods_cpus(monkeypatch):
+    """--workers is the worker replicas, and app.batch's own arithmetic gives each engine the CPUs (and
+    ONNX Runtime threads) of one worker pod: the head offers Ray none."""
+    from app.batch.job import RayOptions, worker_resources
+
+    docs = render("overlays/batch")
+    args = entrypoint_args(docs, monkeypatch)
+    groups = worker_groups(docs)
+    assert args.workers == sum(g["replicas"] for g in groups)
+    assert all(g["minReplicas"] == g["replicas"] == g["maxReplicas"] for g in groups)  # no autoscaler: a fixed pool
+    head, _ = ray_pod(docs, "head")
+    cluster_cpus = cores(ray_start_params(head)["num-cpus"]) + sum(
+        g["replicas"] * cores(g["rayStartParams"]["num-cpus"]) for g in groups)
+
+    class Cluster:  # what ray.cluster_resources() answers once the pods have joined
+        @staticmethod
+        def cluster_resources() -> dict[str, float]:
+            return {"CPU": cluster_cpus}
+
+    cpus, threads = worker_resources(Cluster, RayOptions(workers=args.workers, cpus_per_worker=args.cpus_per_worker))
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        assert cpus == threads == cores(container["resources"]["limits"]["cpu"])
+
+
+def test_batch_memory_follows_the_bench_figures_and_the_batch_size(monkeypatch):
+    docs = render("overlays/batch")
+    bench = memory_table()
+    batch_size = entrypoint_args(docs, monkeypatch).batch_size
+    for role, need in [("worker", RAY_NODE_MIB + bench["baseline"] + batch_size * bench["single"]),
+                       ("head", RAY_HEAD_MIB + DRIVER_MIB)]:
+        pod, container = ray_pod(docs, role)
+        store = int(ray_start_params(pod)["object-store-memory"]) / 2**20  # in /dev/shm: the pod's memory
+        request, limit = (mebibytes(container["resources"][k]["memory"]) for k in ("requests", "limits"))
+        assert request + store <= limit, (role, request + store, limit)
+        assert need <= request, (role, need, request)
+        if role == "worker":  # asked for once per engine: no more than needed
+            assert request <= 1.1 * need and limit <= 1.15 * (request + store), (need, request, limit)
+
+
+def test_the_batch_job_runs_the_pinned_ray_and_the_int8_model_of_its_image(monkeypatch):
+    docs = render("overlays/batch")
+    (job,) = of_kind(docs, RAY_JOB)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pin,) = [re.fullmatch(r"ray\[[\w,]+\]==(\S+)", d).group(1) for d in extras["batch"] if d.startswith("ray[")]
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == pin
+    model = settings_of(docs, ray_pod(docs, "head")[1], monkeypatch).model_path  # the driver hands it to the workers
+    assert model.is_absolute()  # the driver's working folder is Ray's, not the image's WORKDIR
+    assert (ROOT / model.relative_to(dockerfile_workdir())).name == "covidseg-unet-r34-int8.onnx"
+    assert (ROOT / model.relative_to(dockerfile_workdir())).is_file()
+    for pod, _, container in containers(docs):
+        if pod.ray != "submitter":  # the pods that run ONNX Runtime (workers) or may (the driver's)
+            assert environment(docs, container).get("ORT_DISABLE_TELEMETRY") == "1", pod.name
+
+
+def test_readme_says_how_to_run_the_batch_job_on_kuberay_with_the_manifests_sizes():
+    readme = (ROOT / "README.md").read_text()
+    kubernetes = " ".join(re.search(r"^### Kubernetes\n(.*?)(?=^##)", readme, re.MULTILINE | re.DOTALL).group(1).split())
+    batch = " ".join(re.search(r"^### Whole archives: the batch job \(Ray\)\n(.*?)(?=^##)", readme,
+                               re.MULTILINE | re.DOTALL).group(1).split())
+    assert "deploy/kubernetes/overlays/batch" in batch.split("**On Kubernetes**")[1]
+    assert f"kubectl create secret generic {PACS_SECRET}" in kubernetes and "KubeRay operator" in kubernetes
+    assert f"{RAYJOB_SCHEMA.relative_to(ROOT)}" in kubernetes and "not KubeRay's generated CRD" in kubernetes
+    docs = render("overlays/batch")
+    for role, phrase in [("worker", "A worker requests {:.0f} MiB"), ("head", "the head {:.0f} MiB")]:
+        request = mebibytes(ray_pod(docs, role)[1]["resources"]["requests"]["memory"])
+        assert phrase.format(request) in kubernetes, phrase.format(request)
+
+
+@pytest.mark.parametrize("target", SERVICE_TARGETS)
 def test_the_service_is_autoscaled_and_drained_one_replica_at_a_time(target):
     docs = render(target)
     deployment = named(docs, "Deployment", "covidseg")
@@ -627,16 +956,33 @@ def test_the_service_is_autoscaled_and_drained_one_replica_at_a_time(target):
 @pytest.mark.parametrize("target", TARGETS)
 def test_network_policies_admit_only_labelled_namespaces_on_the_pods_ports(target):
     docs = render(target)
-    for workload, _, container in containers(docs):
+    for pod, _, container in containers(docs):
         policies = [p for p in of_kind(docs, "NetworkPolicy")
-                    if selects(p["spec"]["podSelector"]["matchLabels"], pod_labels(workload))]
-        assert len(policies) == 1, f"{workload['metadata']['name']}: one NetworkPolicy"
+                    if selects(p["spec"]["podSelector"]["matchLabels"], pod.labels)]
+        assert len(policies) == 1, f"{pod.name}: one NetworkPolicy"
+        if pod.ray:
+            check_ray_ingress(docs, pod, policies[0])
+            continue
         (rule,) = policies[0]["spec"]["ingress"]
         assert rule["from"] == [{"namespaceSelector": {"matchLabels": CLIENT_LABEL}}]
         assert [container_port(container, p["port"]) for p in rule["ports"]] == [container["ports"][0]["containerPort"]]
     readme = (ROOT / "README.md").read_text()
-    label = "=".join(*CLIENT_LABEL.items())
-    assert "kubectl label namespace" in readme and label in readme
+    for labels in (CLIENT_LABEL, KUBERAY_LABEL):
+        label = "=".join(*labels.items())
+        assert "kubectl label namespace" in readme and label in readme
+
+
+def check_ray_ingress(docs: list[dict], pod: Pod, policy: dict) -> None:
+    """A Ray cluster's pods admit each other on any port (Ray's node-to-node ports are many and partly
+    random), and only the KubeRay operator's namespace besides, on the head's dashboard port alone (it
+    polls the job there; the port also takes job submissions, so no other namespace may reach it)."""
+    peers, operator = policy["spec"]["ingress"]
+    assert peers == {"from": [{"podSelector": {"matchLabels": pod.labels}}]}
+    assert operator["from"] == [{"namespaceSelector": {"matchLabels": KUBERAY_LABEL}}]
+    (head,) = [p for p in pods(docs) if p.ray == "head" and p.owner is pod.owner]
+    (head_container,) = head.template["spec"]["containers"]
+    assert [container_port(head_container, p["port"]) for p in operator["ports"]] == [
+        ray_constant("DEFAULT_DASHBOARD_PORT")]
 
 
 def test_latency_scaling_uses_the_service_histograms_through_the_adapter_rules(tmp_path):
