@@ -1,4 +1,5 @@
-"""Evaluate the exported ONNX model on a split, through the service's own pipeline.
+"""Evaluate the exported ONNX model on a split, through the service's own engine (app.engine: its
+preprocess and infer steps give the probabilities the sweep needs, its postprocess the masks drawn).
 
     python -m training.evaluate --model models/covidseg-unet-r34.onnx --split Val --out reports/val --update-card
 
@@ -24,9 +25,11 @@ from tqdm import tqdm
 
 from app.core.config import DEFAULT_MODEL_PATH
 from app.card import CardError, Evaluation, ModelCard
-from app.pipeline.infer import TTA_MODES, OnnxSegmenter, predict_with_tta
-from app.pipeline.postprocess import LUNG_THRESHOLD, infection_mask, ppar, resize_probability
-from app.pipeline.preprocess import preprocess_batch
+from app.engine import Engine
+from app.engine.engine import load_card
+from app.pipeline.infer import TTA_MODES, OnnxSegmenter
+from app.pipeline.load import LoadedImage
+from app.pipeline.postprocess import Segmentation, resize_probability
 from app.pipeline.render import overlay_rgb
 from training.data import CLASSES, LoadedSamples, default_data_root, index_split, limit_per_class, load_samples
 from training.scoring import (errors_by_extent, infection_scores, lung_dice, near_boundary_error_share,
@@ -58,25 +61,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def predict_class(model: OnnxSegmenter, data: LoadedSamples, batch_size: int, progress: bool,
+def engine_for(model_path: Path, threads: int, peak: float | None) -> Engine:
+    """The engine over the model, with its card's region rule (or ``peak``; a card that is missing,
+    invalid or of another file is only warned about: evaluating is not serving)."""
+    model = OnnxSegmenter(model_path, providers="auto", intra_op_threads=threads)
+    return Engine(model=model, card=load_card(model_path, model.info.sha256, verify=False), region_peak_override=peak)
+
+
+def as_image(gray: np.ndarray) -> LoadedImage:
+    """A dataset image as the engine takes it (the data set's images are 8-bit gray PNGs)."""
+    return LoadedImage(gray, "PNG", "L")
+
+
+def predict_class(model: Engine | OnnxSegmenter, data: LoadedSamples, batch_size: int, progress: bool,
                   desc: str, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """Infection and lung probabilities at each image's own resolution: (N, H, W) float32 each."""
+    """Infection and lung probabilities at each image's own resolution: (N, H, W) float32 each, by the
+    engine's preprocess and infer steps (a bare model runs in an engine of its own)."""
+    engine = model if isinstance(model, Engine) else Engine(model=model, card=None)
     inf, lung = [], []
     h, w = data.images.shape[1:]
     for i in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", disable=not progress):
-        probs = predict_with_tta(model, preprocess_batch(list(data.images[i:i + batch_size]), model.info.input_size),
-                                 tta)
+        probs = engine.infer(engine.preprocess([as_image(g) for g in data.images[i:i + batch_size]]), tta)
         for p in probs:
             inf.append(resize_probability(p[0], w, h))
             lung.append(resize_probability(p[1], w, h))
     return np.stack(inf), np.stack(lung)
 
 
-def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[str], limit: int | None,
-             batch_size: int, progress: bool, tta: str = "none",
-             peak: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compute the report (masks under the region peak rule ``peak``); also returns the per-class
-    arrays the plots need."""
+def segmentation_of(engine: Engine, arrays: dict[str, Any], i: int, threshold: float) -> Segmentation:
+    """Image ``i``'s masks at ``threshold``, as the service makes them: the engine's postprocess (under its
+    region rule) of the probabilities kept at the image's size."""
+    probabilities = np.stack([arrays["inf"][i], arrays["lung"][i]])
+    return engine.postprocess(probabilities[None], [as_image(arrays["data"].images[i])], threshold)[0]
+
+
+def evaluate(engine: Engine, data_root: Path, split: str, classes: list[str], limit: int | None,
+             batch_size: int, progress: bool, tta: str = "none") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compute the report (masks under the engine's region rule); also returns the per-class arrays the
+    plots need."""
+    model, peak = engine.model, engine.region_peak_threshold
     report: dict[str, Any] = {"split": split, "model": {"name": model.info.name, "version": model.info.version,
                                                         "sha256": model.info.sha256},
                               "tta": tta, "region_peak_threshold": peak, "counts": {}, "covid": {}, "ppar": {},
@@ -84,7 +107,7 @@ def evaluate(model: OnnxSegmenter, data_root: Path, split: str, classes: list[st
     arrays: dict[str, Any] = {}
     for cls in classes:
         data = load_samples(limit_per_class(index_split(data_root, split, [cls]), limit), progress=progress)
-        inf, lung = predict_class(model, data, batch_size, progress, f"{split}/{cls}", tta)
+        inf, lung = predict_class(engine, data, batch_size, progress, f"{split}/{cls}", tta)
         arrays[cls] = {"data": data, "inf": inf, "lung": lung}
         report["counts"][cls] = len(data)
         report["lung_dice"][cls] = lung_dice(lung, data.lung)
@@ -115,13 +138,12 @@ def _save(fig, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def plot_ppar_distributions(arrays: dict[str, Any], split: str, threshold: float, path: Path,
-                            peak: float = 0.0) -> Path:
+def plot_ppar_distributions(engine: Engine, arrays: dict[str, Any], split: str, threshold: float, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
     for ax, (cls, a) in zip(axes[0], arrays.items()):
-        values = 100 * np.array([ppar(infection_mask(p, threshold, peak)) for p in a["inf"]])
+        values = 100 * np.array([segmentation_of(engine, a, i, threshold).ppar for i in range(len(a["inf"]))])
         ax.hist(values, bins=40, range=(0, max(1.0, float(values.max()) if values.size else 1.0)), color="tab:red")
         ax.set(title=f"{cls} (n={len(values)})", xlabel=f"PPAR % at threshold {threshold}", ylabel="images")
     fig.suptitle(f"PPAR per image, {split}")
@@ -164,8 +186,7 @@ def plot_errors_by_extent(errors: dict[str, Any], split: str, path: Path) -> Pat
     return _save(fig, path)
 
 
-def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path: Path,
-                  peak: float = 0.0) -> Path | None:
+def plot_overlays(engine: Engine, arrays: dict[str, Any], threshold: float, per_class: int, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = [(cls, i) for cls, a in arrays.items() for i in range(min(per_class, len(a["data"])))]
@@ -176,7 +197,8 @@ def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path
         a = arrays[cls]
         img = a["data"].images[i]
         gt = overlay_rgb(img, a["data"].infection[i], a["data"].lung[i])
-        pred = overlay_rgb(img, infection_mask(a["inf"][i], threshold, peak), a["lung"][i] >= LUNG_THRESHOLD)
+        seg = segmentation_of(engine, a, i, threshold)
+        pred = overlay_rgb(img, seg.infection_mask, seg.lung_mask)
         for c, (title, pic) in enumerate((("image", img), ("ground truth", gt), (f"prediction t={threshold}", pred))):
             axes[r][c].imshow(pic, cmap="gray" if pic.ndim == 2 else None)
             axes[r][c].set_title(f"{cls} {a['data'].samples[i].name}: {title}" if c == 0 else title, fontsize=8)
@@ -184,16 +206,15 @@ def plot_overlays(arrays: dict[str, Any], threshold: float, per_class: int, path
     return _save(fig, path, dpi=80)
 
 
-def plot_report(report: dict[str, Any], arrays: dict[str, Any], out: Path, threshold: float = 0.5,
+def plot_report(engine: Engine, report: dict[str, Any], arrays: dict[str, Any], out: Path, threshold: float = 0.5,
                 overlays_per_class: int = 4) -> list[Path]:
-    """PPAR distributions, the threshold sweep and an overlay grid, as PNGs in ``out``."""
+    """PPAR distributions, the threshold sweep and an overlay grid (masks by the engine), as PNGs in ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
-    peak = report.get("region_peak_threshold", 0.0)
-    written = [plot_ppar_distributions(arrays, report["split"], threshold, out / "ppar_distributions.png", peak),
+    written = [plot_ppar_distributions(engine, arrays, report["split"], threshold, out / "ppar_distributions.png"),
                plot_threshold_sweep(report["sweep"], report["split"], out / "threshold_sweep.png"),
-               plot_overlays(arrays, threshold, overlays_per_class, out / "overlays.png", peak)]
+               plot_overlays(engine, arrays, threshold, overlays_per_class, out / "overlays.png")]
     if "covid_errors" in report:
         written.append(plot_errors_by_extent(report["covid_errors"], report["split"], out / "errors_by_extent.png"))
     return [p for p in written if p is not None]
@@ -207,14 +228,6 @@ def card_to_update(model_path: Path, sha256: str, peak: float | None) -> ModelCa
     if peak is not None and peak != card.region_peak_threshold:
         raise CardError(f"--update-card needs the card's region rule ({card.region_peak_threshold:g}), not {peak:g}")
     return card
-
-
-def card_peak(model_path: Path) -> float:
-    """The region peak rule of the model's card, as the service applies it (0 without a card)."""
-    try:
-        return ModelCard.load(model_path).region_peak_threshold
-    except CardError:
-        return 0.0
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -251,19 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.split.lower() == "test":
         print("note: the Test split is held back for independent evaluation; select models on Val.", file=sys.stderr)
-    model = OnnxSegmenter(args.model, providers="auto", intra_op_threads=args.threads)
+    engine = engine_for(args.model, args.threads, args.region_peak_threshold)
     try:
-        card = card_to_update(args.model, model.info.sha256, args.region_peak_threshold) if args.update_card else None
+        card = (card_to_update(args.model, engine.model.info.sha256, args.region_peak_threshold)
+                if args.update_card else None)
     except CardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    peak = args.region_peak_threshold if args.region_peak_threshold is not None else card_peak(args.model)
-    report, arrays = evaluate(model, args.data_root or default_data_root(), args.split, args.classes, args.limit,
-                              args.batch_size, not args.no_progress, args.tta, peak)
+    report, arrays = evaluate(engine, args.data_root or default_data_root(), args.split, args.classes, args.limit,
+                              args.batch_size, not args.no_progress, args.tta)
     report["command"] = "python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    plots = plot_report(report, arrays, args.out)
+    plots = plot_report(engine, report, arrays, args.out)
     print_summary(report)
     print(f"wrote {args.out / 'report.json'} and {', '.join(p.name for p in plots)}")
     if card is not None:

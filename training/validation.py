@@ -15,7 +15,11 @@ from training.scoring import infection_scores, lung_dice, ppar_scores
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str,
                    size: int, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """Logits (N, 2, size, size) float32 of ``model`` on uint8 images (N, H, W)."""
+    """Logits (N, 2, size, size) float32 of ``model`` on uint8 images (N, H, W).
+
+    A PyTorch model, so not the engine (which runs the exported graph); its input is the engine's all the
+    same: ``preprocess_batch``, the one preprocessing function that Engine.preprocess calls
+    (tests/pipeline/test_preprocess.py checks that both feed the same arrays)."""
     model.eval()
     out = []
     starts = range(0, len(images), batch_size)

@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+# The output kinds are the engine's (app/engine/results.py); re-exported so that routes and OpenAPI name them
+from app.engine.results import OutputFormat, PngOutput
 from app.pipeline.postprocess import severity_ranges
+
+__all__ = [
+    "ERROR_RESPONSES",
+    "BatchResponse",
+    "DicomIdentifiers",
+    "ImageInfo",
+    "ModelIdentity",
+    "OutputFormat",
+    "PngOutput",
+    "SegmentResponse",
+    "SegmentResult",
+]
 
 SEVERITY_DOC = ("Severity grade from the share of the lung field predicted infected: "
                 + ", ".join(f"{grade} {span}" for grade, span in severity_ranges()) + ".")
-
-
-class OutputFormat(str, Enum):
-    json = "json"
-    png = "png"
-    dicom_seg = "dicom-seg"
-    dicom_sc = "dicom-sc"
-    dicom_sr = "dicom-sr"
-
-    @property
-    def dicom_kind(self) -> str | None:
-        """The DICOM result kind (seg, sc, sr) of a DICOM format, else None."""
-        return self.value.removeprefix("dicom-") if self.value.startswith("dicom-") else None
-
-
-class PngOutput(str, Enum):
-    mask = "mask"
-    overlay = "overlay"
-    probability = "probability"
-    lung = "lung"
-    image = "image"  # the image as segmented: 8-bit gray after the DICOM LUTs, at its own size
 
 
 class ModelIdentity(BaseModel):
@@ -94,7 +86,7 @@ class BatchResponse(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "empty, truncated or corrupt file"},
-    422: {"description": "invalid parameter (threshold, format, output, include), missing file, DICOM without "
+    422: {"description": "invalid parameter (threshold, format, output, include, outputs), missing file, DICOM without "
                         "pixel data or multi-frame, or a DICOM output asked of a non-DICOM input"},
     401: {"description": "missing or invalid X-API-Key (when keys are configured)"},
     413: {"description": "file over the upload limit, or image over the pixel limit"},

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.pipeline.dicom.common import DEFAULT_SERIES_NUMBERS, ResultOptions
 from app.pipeline.dicom.common import KINDS as RESULT_KINDS
-from app.pipeline.infer import CudaOptions
+from app.pipeline.providers import CudaOptions  # not app.pipeline.infer: that loads ONNX Runtime
 from app.pipeline.select import CHEST_BODY_PARTS, CHEST_XRAY_MODALITIES, FRONTAL_VIEWS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -22,6 +22,7 @@ from pynetdicom import evt
 
 from app.core.config import Settings, settings_from_environment
 from app.core.logs import configure_logging
+from app.engine import Engine
 from app.node.audit import AuditLog, Participant
 from app.node.done import DoneRecord
 from app.node.metrics import NodeMetrics
@@ -36,8 +37,6 @@ from app.node.sender import CStoreSender, DicomDestination, StowSender
 from app.node.spool import Spool
 from app.node.worker import Deliverer, Segmenter
 from app.pacs.dicomweb import DicomWebClient
-from app.pipeline.select import SelectionRules
-from app.services.segmentation import SegmentationService
 
 log = logging.getLogger("app.node")
 
@@ -103,17 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     audit, metrics = audit_log(settings), NodeMetrics(spool)
     serve_metrics(metrics, settings)
     done = DoneRecord(spool.root / "done.sqlite", settings.node_done_max) if settings.node_done_max else None
-    service = SegmentationService.from_settings(settings)
-    service.warm_up()
-    threshold = service.default_threshold if settings.node_threshold is None else settings.node_threshold
+    engine = Engine.from_settings(settings)
+    engine.warm_up()
     me = Participant(settings.node_ae_title, settings.node_host, settings.node_port)
     deliverer = Deliverer(spool, senders, settings.node_retry_max_wait, node=Participant(settings.node_ae_title),
                           done=done, audit=audit, metrics=metrics)
-    segmenter = Segmenter(spool, service, settings.node_outputs, threshold, settings.max_pixels, deliverer,
+    segmenter = Segmenter(spool, engine, settings.node_outputs, settings.node_threshold, deliverer,
                           done=done, audit=audit, metrics=metrics)
     ae = build_ae(settings.node_ae_title, allow)
     handlers = [(evt.EVT_C_ECHO, handle_echo), *association_handlers(allow, audit),
-                (evt.EVT_C_STORE, store_handler(spool, SelectionRules.from_settings(settings), segmenter.wake,
+                (evt.EVT_C_STORE, store_handler(spool, engine.selection, segmenter.wake,
                                                 audit, metrics))]
     if allow.any_caller:
         log.warning("no COVIDSEG_NODE_ALLOWED_CALLERS: any calling AE title may store to this node")
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ae.start_server((settings.node_host, settings.node_port), block=False, evt_handlers=handlers)
     audit.record("node-started", description=f"listening; results {','.join(settings.node_outputs)} by "
                  f"{'; '.join(s.describe() for s in senders)}", source=me)
-    info = service.model.info
+    info = engine.model.info
     log.info("node %s listening on %s:%d; model %s %s on %s; results %s by %s; %d received and %d results queued",
              settings.node_ae_title, settings.node_host, settings.node_port, info.name, info.version,
              ",".join(info.providers), ",".join(settings.node_outputs), "; ".join(s.describe() for s in senders),

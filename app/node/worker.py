@@ -1,9 +1,10 @@
 """The node's two workers, each a thread over the spool.
 
-:class:`Segmenter`: incoming/ -> read, preprocess, infer, postprocess, write (the same units as
-the HTTP service) -> outgoing/. Results are written before the received instance is removed;
-result UIDs are deterministic, so redoing an item after a crash yields the same objects. An
-instance already done with the same model and settings (app.node.done) is not segmented again.
+:class:`Segmenter`: incoming/ -> read, then the engine (app.engine: preprocess, infer, postprocess,
+and every DICOM result of that one model run, as the HTTP service makes them) -> outgoing/. Results
+are written before the received instance is removed; result UIDs are deterministic, so redoing an
+item after a crash yields the same objects. An instance already done with the same model and
+settings (app.node.done) is not segmented again.
 
 :class:`Deliverer`: outgoing/ -> each destination; a result leaves the spool once every
 destination has it. While a destination is down it waits with exponential backoff (tenacity's
@@ -25,6 +26,7 @@ import pydicom
 from pydicom.uid import SegmentationStorage
 from tenacity import RetryCallState, wait_exponential
 
+from app.engine import Engine
 from app.node.audit import (
     MINOR_FAILURE,
     SERIOUS_FAILURE,
@@ -39,8 +41,6 @@ from app.node.sender import DestinationDown, Refused
 from app.node.spool import Spool
 from app.pipeline.dicom.read import load_dicom_bytes
 from app.pipeline.errors import PipelineError
-from app.services.outputs import dicom_of
-from app.services.segmentation import SegmentationService
 
 log = logging.getLogger("app.node")
 
@@ -130,12 +130,13 @@ def header_or_none(data: bytes) -> Header | None:
 
 
 class Segmenter(SpoolWorker):
-    def __init__(self, spool: Spool, service: SegmentationService, outputs: list[str], threshold: float,
-                 max_pixels: int, deliverer: Deliverer, done: DoneRecord | None = None, audit=None,
+    def __init__(self, spool: Spool, engine: Engine, outputs: list[str], threshold: float | None,
+                 deliverer: Deliverer, done: DoneRecord | None = None, audit=None,
                  metrics: NodeMetrics | None = None):
         super().__init__("segmenter", spool)
-        self.service, self.outputs, self.threshold = service, outputs, threshold
-        self.max_pixels, self.deliverer, self.done = max_pixels, deliverer, done
+        # threshold None: the card's, as the engine resolves it
+        self.engine, self.outputs, self.threshold = engine, outputs, engine.threshold(threshold)
+        self.deliverer, self.done = deliverer, done
         self.audit, self.metrics = audit or NoAudit(), metrics or NodeMetrics()
 
     def drain(self) -> None:
@@ -173,8 +174,8 @@ class Segmenter(SpoolWorker):
         """The done record's key for this instance with this node's model and settings."""
         if self.done is None or source is None or not source.sop_instance_uid:
             return None
-        return done_key(source.sop_instance_uid, self.service.model_ref().sha256, self.threshold,
-                        self.service.default_tta, self.outputs)
+        return done_key(source.sop_instance_uid, self.engine.model.info.sha256, self.threshold,
+                        self.engine.tta(None), self.outputs)
 
     def skip_if_done(self, path: Path, key: str, source: Header) -> bool:
         """True (and the received copy removed) when this instance's results were made already."""
@@ -199,10 +200,10 @@ class Segmenter(SpoolWorker):
         self.metrics.failed.labels("segment").inc()
 
     def results_of(self, data: bytes) -> dict[str, bytes]:
-        loaded = load_dicom_bytes(data, self.max_pixels)
-        seg = self.service.segment_now([loaded], self.threshold)[0]
-        model, options = self.service.model_ref(), self.service.result_options
-        return {kind: dicom_of(kind, seg, loaded, model, options) for kind in self.outputs}
+        """Every result kind of this instance, from one model run."""
+        loaded = load_dicom_bytes(data, self.engine.max_pixels)
+        results = self.engine.results(self.engine.segment([loaded], self.threshold)[0], loaded)
+        return {kind: results.dicom(kind) for kind in self.outputs}
 
 
 def unreadable(data: bytes) -> str | None:

@@ -1,6 +1,7 @@
 """The bridge loop: for each instance of the selected modalities in the PACS not yet done, check the
 selection rules, then for each result kind (SEG, SC, SR) ask the PACS whether it already holds that result of
-this model version and threshold; only if not, ask the service for it and store it back.
+this model version and threshold; the kinds it lacks come from one request to the service (one model run)
+and are stored back.
 
 The rules are checked twice: first on what the PACS says of the instance (QIDO-RS attributes, Orthanc's
 tags), so that a knee or a lateral view is skipped without its pixels being fetched; then, for what
@@ -129,8 +130,9 @@ class Bridge:
             if reason:  # the file disagrees with what the PACS said of it
                 self.skip(instance, reason, summary, "after download")
                 return
+            made = self.retry(self.service.results, dicom, list(missing), self.job.threshold)
             for kind, uid in missing.items():
-                self.retry(self.pacs.upload, self.retry(self.service.segment, dicom, kind, self.job.threshold))
+                self.retry(self.pacs.upload, made[kind])
                 summary.stored += 1
                 self.record(instance, kind, uid)
         self.state.mark_done(instance.sop_instance_uid)

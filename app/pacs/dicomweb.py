@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 from pydicom.datadict import tag_for_keyword
 
 from app.pacs.instance import SELECTION_ATTRIBUTES, Instance, sorted_instances
+from app.pipeline.dicom.multipart import multipart_parts, multipart_related
 
 STUDY, SERIES, SOP = "0020000D", "0020000E", "00080018"
 #: Keyword -> tag (as QIDO-RS JSON spells it) of the attributes the selection rules read.
@@ -26,29 +25,6 @@ def told_attributes(item: dict) -> dict[str, str]:
     """The selection attributes a QIDO-RS answer carries ("" for one present without a value); a server
     leaves out what it does not index and, some, what the object lacks: those stay unknown."""
     return {keyword: tag_value(item, tag) for keyword, tag in SELECTION_TAGS.items() if tag in item}
-
-
-def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
-    """A multipart/related body of DICOM parts (STOW-RS) and its Content-Type."""
-    boundary = uuid.uuid4().hex
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
-                    for part in parts) + b"--" + boundary.encode() + b"--\r\n"
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
-def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
-    """The payloads of a multipart/related answer (WADO-RS)."""
-    params = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
-    boundary = params.get("boundary", "").strip('"').encode()
-    if not boundary:
-        raise ValueError("multipart answer without a boundary")
-    parts = []
-    for chunk in body.split(b"--" + boundary)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _headers, _, payload = chunk.partition(b"\r\n\r\n")
-        parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
-    return parts
 
 
 class DicomWebClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from app.pipeline.dicom.common import ModelRef
+from app.pipeline.dicom.multipart import multipart_parts
 
 
 class ServiceRefused(Exception):
@@ -52,10 +53,24 @@ class ServiceClient:
         loaded = body["loaded"]
         return ModelRef(loaded["name"], loaded["version"], loaded["sha256"]), float(body["default_threshold"])
 
-    def segment(self, dicom: bytes, kind: str, threshold: float) -> bytes:
-        """One DICOM result (seg, sc, sr) of one instance."""
-        r = self.http.post("/segment", params={"format": f"dicom-{kind}", "threshold": threshold},
+    def results(self, dicom: bytes, kinds: list[str], threshold: float) -> dict[str, bytes]:
+        """The DICOM results ``kinds`` (seg, sc, sr) of one instance, from one request (one model run):
+        ``format=dicom&outputs=...`` answers one multipart/related part per kind, in the order asked."""
+        r = self.http.post("/segment", params={"format": "dicom", "outputs": ",".join(kinds), "threshold": threshold},
                            files={"file": ("image.dcm", dicom, "application/dicom")})
+        body = self._content(r)
+        try:
+            parts = multipart_parts(body, r.headers.get("content-type", ""))
+        except ValueError:  # not multipart at all
+            parts = []
+        if len(parts) != len(kinds):  # not the instance's fault: the run stops, the rest stays pending
+            raise httpx.DecodingError(f"the service answered {len(parts)} part(s) for {len(kinds)} result(s)",
+                                      request=r.request)
+        return dict(zip(kinds, parts))
+
+    @staticmethod
+    def _content(r: httpx.Response) -> bytes:
+        """The answer's body; a refusal of the instance (4xx) is :class:`ServiceRefused`, other failures raise."""
         if 400 <= r.status_code < 500 and not is_retryable_status(r.status_code):
             try:
                 body = r.json()

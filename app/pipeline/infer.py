@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+# CudaOptions lives apart so that the settings can build it without loading ONNX Runtime; re-exported here.
+from app.pipeline.providers import CPU_PROVIDER, CUDA_PROVIDER, CudaOptions
+
 try:
     import onnxruntime as ort
 except ImportError as exc:  # the runtime is an extra, so that CPU and GPU builds never share a venv
@@ -24,29 +27,10 @@ log = logging.getLogger("app.infer")
 
 #: Test-time augmentation: none, or the mean of the image's and its horizontal mirror's probabilities.
 TTA_MODES = ("none", "flip")
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
 
 
 class ModelLoadError(RuntimeError):
     """The model file is missing, unreadable or not the graph this product expects."""
-
-
-@dataclass(frozen=True)
-class CudaOptions:
-    """CUDA execution provider options (settings ``COVIDSEG_CUDA_*``)."""
-
-    device_id: int = 0
-    tf32: bool = False  # off: CUDA convolutions in full fp32, so CUDA and CPU masks agree
-    conv_algo_search: str = "HEURISTIC"  # EXHAUSTIVE, HEURISTIC or DEFAULT (cuDNN)
-    memory_limit_mb: int = 0  # 0: no limit on the CUDA memory arena
-
-    def as_provider_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"device_id": self.device_id, "use_tf32": int(self.tf32),
-                                   "cudnn_conv_algo_search": self.conv_algo_search}
-        if self.memory_limit_mb:
-            options["gpu_mem_limit"] = self.memory_limit_mb * 1024 * 1024
-        return options
 
 
 def cuda_device_count() -> int:

@@ -1,20 +1,29 @@
-"""What a request asked for, and the finished outputs of one segmented image: the JSON fields,
-a PNG, or a DICOM object. Shared by the single and the batch route."""
+"""What a request asked for, and the finished answer of one segmented image: its JSON fields (plain data:
+app/api makes the response model), a PNG, one DICOM object, or several in one multipart/related body.
+Shared by the single and the batch route; the result objects themselves come from the engine."""
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
+from typing import Any
 
-from app.api.schemas import DicomIdentifiers, ImageInfo, OutputFormat, PngOutput, SegmentResult
-from app.pipeline.dicom.common import ModelRef, ResultOptions, dataset_bytes
-from app.pipeline.dicom.context import ResultContext
+from app.engine.results import (  # noqa: F401 - the result makers, by their old address
+    OutputFormat,
+    PngOutput,
+    SegmentationResults,
+    dicom_of,
+    png_of,
+)
+from app.pipeline.dicom.common import KINDS
+from app.pipeline.dicom.multipart import multipart_related
 from app.pipeline.dicom.read import DICOM_MEDIA_TYPE
-from app.pipeline.dicom.write import write_result
 from app.pipeline.errors import PipelineError, Problem
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation
-from app.pipeline.render import encode_png, mask_image, overlay_rgb, probability_image
+
+
+def _invalid(message: str) -> PipelineError:
+    return PipelineError(Problem.INVALID, "invalid_parameter", message)
 
 
 @dataclass(frozen=True)
@@ -25,78 +34,60 @@ class OutputSpec:
     threshold: float
     png: PngOutput = PngOutput.mask
     include: frozenset[PngOutput] = frozenset()
-    tta: str | None = None  # None: the service's default
+    tta: str | None = None  # None: the engine's default
     apply_selection: bool = True  # False: selection=ignore, DICOM inputs the selection rules leave out too
+    kinds: tuple[str, ...] = ()  # format=dicom: the DICOM results, in the order asked
 
     @staticmethod
     def parse_include(include: str | None) -> frozenset[PngOutput]:
         names = {x.strip() for x in (include or "").split(",") if x.strip()}
         unknown = names - {o.value for o in PngOutput}
         if unknown:
-            raise PipelineError(Problem.INVALID, "invalid_parameter",
-                                f"include: unknown output(s) {sorted(unknown)}; choose from "
-                                + ", ".join(o.value for o in PngOutput))
+            raise _invalid(f"include: unknown output(s) {sorted(unknown)}; choose from "
+                           + ", ".join(o.value for o in PngOutput))
         return frozenset(PngOutput(n) for n in names)
 
+    @staticmethod
+    def parse_outputs(outputs: str | None, format: OutputFormat) -> tuple[str, ...]:
+        """The DICOM results of ``format=dicom``, in the order asked (all of them when not said)."""
+        if format is not OutputFormat.dicom:
+            if outputs is not None:
+                raise _invalid(f"outputs: only with format=dicom (several DICOM results in one answer), "
+                               f"not format={format.value}")
+            return ()
+        names = [x.strip() for x in (outputs if outputs is not None else ",".join(KINDS)).split(",") if x.strip()]
+        unknown = sorted(set(names) - set(KINDS))
+        if unknown or not names:
+            raise _invalid(f"outputs: {'unknown result(s) ' + str(unknown) if unknown else 'none asked'}; "
+                           "choose one or more of " + ", ".join(KINDS))
+        if len(set(names)) < len(names):
+            raise _invalid(f"outputs: each result once; got {','.join(names)}")
+        return tuple(names)
+
     def check_input(self, loaded: LoadedImage) -> None:
-        if self.format.dicom_kind and loaded.dicom is None:
-            raise PipelineError(Problem.INVALID, "invalid_parameter",
-                                f"format={self.format.value} needs a DICOM input; this file is {loaded.format}")
+        if self.format.needs_dicom and loaded.dicom is None:
+            raise _invalid(f"format={self.format.value} needs a DICOM input; this file is {loaded.format}")
 
 
 @dataclass
 class Finished:
-    """One image's answer: its measurements, and the binary output when one was asked for."""
+    """One image's answer: its JSON fields and masks, and the binary output when one was asked for."""
 
-    result: SegmentResult
+    fields: dict[str, Any]
     seg: Segmentation
     payload: bytes | None = None
     media_type: str = "application/json"
 
 
-def png_of(seg: Segmentation, loaded: LoadedImage, output: PngOutput) -> bytes:
-    if output is PngOutput.overlay:
-        return encode_png(overlay_rgb(loaded.gray, seg.infection_mask, seg.lung_mask))
-    if output is PngOutput.probability:
-        return encode_png(probability_image(seg.infection_probability()))
-    if output is PngOutput.lung:
-        return encode_png(mask_image(seg.lung_mask))
-    if output is PngOutput.image:
-        return encode_png(loaded.gray)
-    return encode_png(mask_image(seg.infection_mask))
-
-
-def result_of(seg: Segmentation, loaded: LoadedImage, include: frozenset[PngOutput], index: int = 0) -> SegmentResult:
-    embedded = {f"{o.value}_png_base64": base64.b64encode(png_of(seg, loaded, o)).decode() for o in include}
-    return SegmentResult(
-        index=index,
-        image=ImageInfo(width=loaded.width, height=loaded.height, format=loaded.format, mode=loaded.mode),
-        dicom=DicomIdentifiers(**loaded.dicom.uids()) if loaded.dicom is not None else None,
-        threshold=seg.threshold, region_peak_threshold=seg.region_peak_threshold, ppar=seg.ppar,
-        infection_pixels=seg.infection_pixels, lung_pixels=seg.lung_pixels,
-        lung_fraction=seg.lung_fraction, infected_lung_share=seg.infected_lung_share, severity=seg.severity,
-        **embedded,
-    )
-
-
-def dicom_of(kind: str, seg: Segmentation, loaded: LoadedImage, model: ModelRef, options: ResultOptions) -> bytes:
-    try:
-        return dataset_bytes(write_result(kind, ResultContext(loaded, seg, model, options)))
-    except PipelineError:  # the writers' own refusal already says what is missing
-        raise
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        # highdicom refuses sources that lack what the result must copy (study, patient module...)
-        raise PipelineError(Problem.INVALID, "incomplete_dicom",
-                            f"cannot build dicom-{kind} from this DICOM: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
-
-
-def finish(seg: Segmentation, loaded: LoadedImage, spec: OutputSpec, index: int, model: ModelRef,
-           options: ResultOptions) -> Finished:
+def finish(results: SegmentationResults, spec: OutputSpec, index: int) -> Finished:
     """The outputs of one image as the request asked for them."""
-    if spec.format.dicom_kind:
-        payload = dicom_of(spec.format.dicom_kind, seg, loaded, model, options)
-        return Finished(result_of(seg, loaded, frozenset(), index), seg, payload, DICOM_MEDIA_TYPE)
-    if spec.format is OutputFormat.png:
-        return Finished(result_of(seg, loaded, frozenset(), index), seg, png_of(seg, loaded, spec.png), "image/png")
-    return Finished(result_of(seg, loaded, spec.include, index), seg)
+    seg = results.seg
+    if spec.format is OutputFormat.json:
+        return Finished(results.fields(spec.include, index), seg)
+    if spec.format is OutputFormat.dicom:
+        payload, media_type = multipart_related([results.dicom(kind) for kind in spec.kinds])
+    elif spec.format.dicom_kind:
+        payload, media_type = results.dicom(spec.format.dicom_kind), DICOM_MEDIA_TYPE
+    else:
+        payload, media_type = results.png(spec.png), "image/png"
+    return Finished(results.fields(index=index), seg, payload, media_type)

@@ -1,34 +1,28 @@
-"""The loaded model and its card, and the shared middle of every input path:
-preprocess -> infer -> postprocess, for one image or a batch."""
+"""The HTTP service around the engine: the engine's steps for one request (one image or a batch), with
+the limiters and the micro-batcher that share one model between concurrent requests."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import anyio
 import numpy as np
 
-from app.card import CardError, ModelCard
+from app.card import ModelCard
 from app.core.config import Settings, setting_default
-from app.pipeline.dicom.common import ModelRef, ResultOptions
 from app.core.metrics import ServiceMetrics
+from app.engine import Engine
+from app.pipeline.dicom.common import ModelRef
 from app.pipeline.errors import PipelineError
-from app.pipeline.inputs import decode_upload
-from app.services.outputs import Finished, OutputSpec, finish
-from app.pipeline.infer import ModelLoadError, OnnxSegmenter, predict_with_tta, tta_expand, tta_merge
-from app.services.batcher import MicroBatcher, run_in_chunks
+from app.pipeline.infer import OnnxSegmenter
 from app.pipeline.load import LoadedImage
-from app.pipeline.postprocess import Segmentation, postprocess
-from app.pipeline.preprocess import preprocess_batch
-from app.pipeline.select import SelectionRules, check_selected
-
-log = logging.getLogger("app.segmentation")
-FALLBACK_THRESHOLD = 0.5
+from app.pipeline.postprocess import Segmentation
+from app.services.batcher import MicroBatcher, run_in_chunks
+from app.services.outputs import Finished, OutputSpec, finish
 
 
 @dataclass
@@ -55,23 +49,6 @@ class Timings:
         return d
 
 
-def load_card(settings: Settings, model_sha256: str) -> ModelCard | None:
-    """The model's card. Start-up stops when it is invalid or describes another file, unless
-    ``verify_card`` is off; a model without a card runs on the fallback threshold, with a warning."""
-    if not ModelCard.json_path(settings.model_path).is_file():
-        log.warning("no model card beside %s; default threshold %.2f", settings.model_path, FALLBACK_THRESHOLD)
-        return None
-    card: ModelCard | None = None
-    try:
-        card = ModelCard.load(settings.model_path)
-        card.check_describes(model_sha256)
-    except CardError as exc:
-        if settings.verify_card:
-            raise ModelLoadError(str(exc)) from exc
-        log.warning("%s (served anyway: COVIDSEG_VERIFY_CARD=false)", exc)
-    return card
-
-
 @dataclass(frozen=True)
 class Upload:
     """One uploaded file, as read (in memory); ``index`` is its place in a batch."""
@@ -84,17 +61,13 @@ class Upload:
 
 @dataclass
 class SegmentationService:
-    """One ONNX session shared by all requests (ORT sessions are thread-safe); a capacity
-    limiter keeps concurrent runs from fighting over the cores."""
+    """The engine (one ONNX session shared by all requests: ORT sessions are thread-safe) behind limiters:
+    a capacity limiter keeps concurrent runs from fighting over the cores, another bounds the requests
+    working on full-size images at once; concurrent requests may share model runs (micro-batching)."""
 
-    model: OnnxSegmenter
-    card: ModelCard | None
+    engine: Engine
     inference_concurrency: int = setting_default("inference_concurrency")
     image_concurrency: int = setting_default("image_concurrency")
-    result_options: ResultOptions = field(default_factory=ResultOptions)
-    selection: SelectionRules = field(default_factory=SelectionRules)  # the node's and the bridge's rules
-    max_pixels: int = setting_default("max_pixels")
-    default_tta: str = setting_default("tta")
     microbatch_max: int = setting_default("microbatch_max_batch")
     microbatch_wait: float = 0.0  # seconds; 0 runs every request alone
     metrics: ServiceMetrics | None = None
@@ -105,56 +78,42 @@ class SegmentationService:
     model_slots: threading.Semaphore | None = field(default=None, repr=False)  # runs at once, without a batcher
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SegmentationService":
-        model = OnnxSegmenter(settings.model_path, providers=settings.providers,
-                              intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
-                              cuda=settings.cuda_options())
-        return cls(model=model, card=load_card(settings, model.info.sha256),
-                   inference_concurrency=settings.inference_concurrency,
-                   image_concurrency=settings.image_concurrency, result_options=settings.result_options(),
-                   selection=SelectionRules.from_settings(settings),
-                   max_pixels=settings.max_pixels, default_tta=settings.tta,
-                   microbatch_max=settings.microbatch_max_batch,
-                   microbatch_wait=settings.microbatch_wait_s(model.info.providers[0]))
+    def from_settings(cls, settings: Settings) -> SegmentationService:
+        engine = Engine.from_settings(settings)
+        return cls(engine=engine, inference_concurrency=settings.inference_concurrency,
+                   image_concurrency=settings.image_concurrency, microbatch_max=settings.microbatch_max_batch,
+                   microbatch_wait=settings.microbatch_wait_s(engine.model.info.providers[0]))
+
+    # The engine's, for the routes and the tests that read them off the service.
+    @property
+    def model(self) -> OnnxSegmenter:
+        return self.engine.model
+
+    @property
+    def card(self) -> ModelCard | None:
+        return self.engine.card
 
     @property
     def default_threshold(self) -> float:
-        return FALLBACK_THRESHOLD if self.card is None else self.card.default_threshold
+        return self.engine.default_threshold
 
     @property
-    def region_peak_threshold(self) -> float:
-        """The model's region rule (its card); applied at every threshold."""
-        return 0.0 if self.card is None else self.card.region_peak_threshold
-
-    def threshold_or_default(self, threshold: float | None) -> float:
-        """The request's threshold, or the card's default when it gave none (resolved here only)."""
-        return self.default_threshold if threshold is None else threshold
-
-    @property
-    def input_size(self) -> int:
-        return self.model.info.input_size
-
-    def model_identity(self) -> dict[str, str]:
-        info = self.model.info
-        return {"name": info.name, "version": info.version, "sha256": info.sha256}
+    def max_pixels(self) -> int:
+        return self.engine.max_pixels
 
     def model_ref(self) -> ModelRef:
-        return ModelRef(**self.model_identity())
+        return self.engine.model_ref()
+
+    def model_identity(self) -> dict[str, str]:
+        return asdict(self.engine.model_ref())
 
     def segment_now(self, images: list[LoadedImage], threshold: float, tta: str | None = None) -> list[Segmentation]:
-        """The shared middle in the calling thread (the DICOM node's worker): preprocess, infer, postprocess."""
-        batch = preprocess_batch([im.gray for im in images], self.input_size)
-        probs = predict_with_tta(self.model, batch, tta or self.default_tta)
-        return self._postprocess(probs, images, threshold)
-
-    def _postprocess(self, probs: np.ndarray, images: list[LoadedImage], threshold: float) -> list[Segmentation]:
-        """Each image's masks at its own size, under the threshold and the card's region rule."""
-        return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold)
-                for p, im in zip(probs, images)]
+        """The engine's segmentation in the calling thread, outside the limiters."""
+        return self.engine.segment(images, threshold, tta)
 
     def warm_up(self) -> None:
         """One inference so the first request does not pay for graph set-up; then ready."""
-        self.model.predict(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+        self.engine.warm_up()
         self.ready = True
 
     def _limiter(self) -> anyio.CapacityLimiter:
@@ -178,20 +137,21 @@ class SegmentationService:
         return self.batcher
 
     def decode(self, upload: Upload) -> LoadedImage:
+        """The engine's load step; in a batch, the error says which file."""
         try:
-            return decode_upload(upload.data, self.max_pixels, upload.filename, upload.content_type)
+            return self.engine.load(upload.data, upload.filename, upload.content_type)
         except PipelineError as exc:
-            if upload.index is not None:  # in a batch: say which file
+            if upload.index is not None:
                 exc.message = f"file {upload.index}: {exc.message}"
             raise
 
     def check_selected(self, loaded: LoadedImage, upload: Upload, spec: OutputSpec) -> None:
-        """Refuse a DICOM that the node and the bridge would leave out (a knee, a lateral view), unless the
-        request said ``selection=ignore``; PNG and JPEG carry no such attributes and pass."""
-        if loaded.dicom is None or not spec.apply_selection:
+        """The engine's select step (a DICOM that the node and the bridge would leave out, a knee or a lateral
+        view, is refused), unless the request said ``selection=ignore``; the refusal says how to get past it."""
+        if not spec.apply_selection:
             return
         try:
-            check_selected(self.selection, loaded.dicom.dataset)
+            self.engine.select(loaded)
         except PipelineError as exc:
             which = "" if upload.index is None else f"file {upload.index}: "
             exc.message = f"{which}{exc.message}; selection=ignore segments it anyway (research use)"
@@ -207,19 +167,15 @@ class SegmentationService:
             spec.check_input(loaded[-1])
             self.check_selected(loaded[-1], upload, spec)
         with timings.step("preprocess"):
-            batch = tta_expand(preprocess_batch([im.gray for im in loaded], self.input_size), self.tta_of(spec))
+            batch = self.engine.expand(self.engine.preprocess(loaded), spec.tta)
         return loaded, batch
 
     def complete(self, outputs: np.ndarray, loaded: list[LoadedImage], spec: OutputSpec,
                  timings: Timings) -> list[Finished]:
         """From the model's outputs to every image's finished answer: masks, measurements, PNG or DICOM."""
         with timings.step("postprocess"):
-            segs = self._postprocess(tta_merge(outputs, self.tta_of(spec)), loaded, spec.threshold)
-            model = self.model_ref()
-            return [finish(s, im, spec, i, model, self.result_options) for i, (s, im) in enumerate(zip(segs, loaded))]
-
-    def tta_of(self, spec: OutputSpec) -> str:
-        return spec.tta or self.default_tta
+            segs = self.engine.postprocess(self.engine.merge(outputs, spec.tta), loaded, spec.threshold)
+            return [finish(self.engine.results(s, im), spec, i) for i, (s, im) in enumerate(zip(segs, loaded))]
 
     def _model_slots(self) -> threading.Semaphore:
         if self.model_slots is None:  # created on the event loop, before any worker thread needs it

@@ -292,3 +292,65 @@ def test_a_knee_or_a_lateral_view_is_skipped_without_its_file_being_downloaded(p
     assert "skipped an instance before download: view LL" in caplog.text
     assert not any(uid in caplog.text for uid in ids)  # the reason, never the instance
     assert results_in(rest, study)["SEG"] == [read(chest).SOPInstanceUID]
+
+
+def metric(service_url: str, name: str) -> float:
+    """One sample of the service's Prometheus metrics."""
+    for line in httpx.get(f"{service_url}/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def stored_results(rest: str, study_uid: str) -> dict[tuple[str, str], bytes]:
+    """(source SOP Instance UID, result modality) -> the file Orthanc holds, in one study."""
+    hits = httpx.post(f"{rest}/tools/lookup", content=study_uid).json()
+    study_id = next(x["ID"] for x in hits if x["Type"] == "Study")
+    out = {}
+    for inst in httpx.get(f"{rest}/studies/{study_id}/instances").json():
+        data = httpx.get(f"{rest}/instances/{inst['ID']}/file").content
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if ds.Modality in RESULT_MODALITIES:
+            source = source_of_result(ds)
+            out[(source, ds.Modality)] = data
+    return out
+
+
+def source_of_result(ds: pydicom.Dataset) -> str:
+    """The source image a result references (SEG and SC by Source Image Sequence, the SR by its evidence)."""
+    if ds.Modality in ("SEG", "OT"):
+        return ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+    return next(i.ReferencedSOPInstanceUID for s in ds.CurrentRequestedProcedureEvidenceSequence
+                for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence
+                if i.ReferencedSOPClassUID != pydicom.uid.SegmentationStorage)
+
+
+def test_each_instance_is_one_request_and_one_model_run_and_stores_what_each_format_gives(
+        pacs, live_service, tmp_path, http_requests):
+    """All three results of an instance come from one POST /segment (format=dicom, multipart): the service's
+    metrics count one image per instance through the model, and what Orthanc stores is byte for byte what
+    format=dicom-seg, dicom-sc and dicom-sr give for the same file."""
+    rest, _ = pacs
+    study = generate_uid()
+    sources = [make_cxr_dicom(COVID[0], "CR", "MONOCHROME1", study_uid=study, size=1024, pixel_spacing=0.14),
+               make_cxr_dicom(NORMAL[0], "DX", compress=RLELossless, study_uid=study)]
+    for data in sources:
+        upload(rest, data)
+    images, runs = metric(live_service, "covidseg_images_total"), metric(live_service,
+                                                                         "covidseg_inference_batch_size_count")
+    del http_requests[:]
+    assert run_bridge(["--orthanc-url", rest], live_service, tmp_path / "state.json", "--study", study) == 0
+    asked = [r for r in http_requests if r.method == "POST" and r.url.path == "/segment"]
+    assert len(asked) == len(sources)
+    assert all(r.url.params["format"] == "dicom" and r.url.params["outputs"] == "seg,sc,sr" for r in asked)
+    assert metric(live_service, "covidseg_images_total") - images == len(sources)  # one model run each
+    assert metric(live_service, "covidseg_inference_batch_size_count") - runs == len(sources)
+
+    stored = stored_results(rest, study)
+    assert len(stored) == 3 * len(sources)
+    for data in sources:
+        for kind, modality in (("seg", "SEG"), ("sc", "OT"), ("sr", "SR")):
+            alone = httpx.post(f"{live_service}/segment", params={"format": f"dicom-{kind}"}, timeout=120,
+                               files={"file": ("image.dcm", data, "application/dicom")})
+            assert alone.status_code == 200
+            assert stored[(read(data).SOPInstanceUID, modality)] == alone.content, kind

@@ -61,6 +61,7 @@ class MemoryService:
 
     def __init__(self):
         self.calls: list[tuple[str, float]] = []
+        self.requests: list[list[str]] = []  # the kinds asked for, one entry per request
 
     def segment(self, dicom: bytes, kind: str, threshold: float) -> bytes:
         self.calls.append((kind, threshold))
@@ -71,6 +72,11 @@ class MemoryService:
         buf = io.BytesIO()
         pydicom.dcmwrite(buf, result, implicit_vr=False, little_endian=True)
         return buf.getvalue()
+
+    def results(self, dicom: bytes, kinds: list[str], threshold: float) -> dict[str, bytes]:
+        """Several results of one instance in one request, as ServiceClient.results asks for them."""
+        self.requests.append(list(kinds))
+        return {kind: self.segment(dicom, kind, threshold) for kind in kinds}
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +171,14 @@ def test_an_attribute_the_pacs_did_not_tell_is_not_taken_for_absent():
     strict = SelectionRules(body_parts=("CHEST",), views=("PA",))  # images without the tags are not admitted
     assert strict.reason_to_skip(told_header(strict, {})) is None  # unknown is not absent
     assert strict.reason_to_skip(told_header(strict, {"ViewPosition": ""})) is not None  # told absent
+
+
+def test_each_instance_is_one_request_for_the_kinds_the_pacs_lacks(tmp_path: Path, sources):
+    """The model runs once per instance: one request asks for every result still to make, and only those;
+    an upload retried does not ask the service again."""
+    pacs, service = MemoryPacs(sources, down=1), MemoryService()
+    held = read(sources[0])
+    pacs.files[ResultIdentity.of("sc", held, MODEL, 0.5).sop_instance_uid] = b"held"  # the PACS has this one
+    summary = bridge(pacs, service, tmp_path / "state.json").run(pacs.instances, progress=False)
+    assert service.requests == [["seg", "sr"], KINDS]  # in the listing's order: sources[0] first
+    assert (summary.stored, summary.already_in_pacs) == (5, 1) and pacs.uploads == 5 + 1

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.services import segmentation
+# the engine's load step decodes for the service
+from app.engine import engine as segmentation
 from tests.conftest import fixture_images, make_client
 
 COVID = fixture_images("Val", "COVID-19")[0]

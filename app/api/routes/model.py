@@ -16,16 +16,17 @@ router = APIRouter(tags=["model"])
 
 @router.get("/model", summary="Model card of the loaded model, with the runtime's view of it")
 async def model_card(service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
-    info = service.model.info
-    card = service.card.public() if service.card is not None else {}
+    engine = service.engine
+    info = engine.model.info
+    card = engine.card.public() if engine.card is not None else {}
     return {
         **card,
         "loaded": {"name": info.name, "version": info.version, "sha256": info.sha256,
                    "providers": list(info.providers), "input_size": info.input_size,
                    "precision": "int8" if info.quantization else "fp32", "quantization": info.quantization,
-                   "tta_default": service.default_tta},
-        "default_threshold": service.default_threshold,
-        "region_peak_threshold": service.region_peak_threshold,
+                   "tta_default": engine.default_tta},
+        "default_threshold": engine.default_threshold,
+        "region_peak_threshold": engine.region_peak_threshold,
         "severity_bins": severity_bins_doc(),
         "input_limits": input_limits(settings),
     }

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.api.schemas import (ERROR_RESPONSES, BatchResponse, ModelIdentity, OutputFormat, PngOutput,
-                             SegmentResponse)
+                             SegmentResponse, SegmentResult)
 from app.core.config import Settings
 from app.pipeline.errors import PipelineError, Problem
 from app.services.outputs import Finished, OutputSpec
@@ -26,8 +26,13 @@ IncludeQuery = Annotated[str | None, Query(
     examples=["mask,overlay"])]
 FormatQuery = Annotated[OutputFormat | None, Query(
     description="json (default), png (an Accept: image/png header also selects it), dicom-seg (DICOM "
-                "Segmentation of infection and lung), dicom-sc (Secondary Capture of the overlay) or dicom-sr "
-                "(TID 1500 measurement report); the DICOM outputs for DICOM inputs only")]
+                "Segmentation of infection and lung), dicom-sc (Secondary Capture of the overlay), dicom-sr "
+                "(TID 1500 measurement report), or dicom: the results named by outputs in one "
+                "multipart/related; type=\"application/dicom\" answer (one model run); the DICOM outputs for "
+                "DICOM inputs only")]
+OutputsQuery = Annotated[str | None, Query(
+    description="with format=dicom: comma list of DICOM results, one part each in this order: seg, sc, sr "
+                "(default all three)", examples=["seg,sc,sr"])]
 TtaQuery = Annotated[Literal["none", "flip"] | None, Query(
     description="test-time augmentation: none, or flip (mean of the image's and its mirror's probabilities; "
                 "twice the compute); default from COVIDSEG_TTA")]
@@ -63,7 +68,7 @@ def binary_answer(finished: Finished, service: SegmentationService) -> Response:
     """A PNG or DICOM answer, with the key figures as headers."""
     seg = finished.seg
     headers = {"X-PPAR": f"{seg.ppar:.6f}", "X-Threshold": f"{seg.threshold}", "X-Severity": seg.severity,
-               "X-Model-Version": service.model.info.version, "Cache-Control": "no-store"}
+               "X-Model-Version": service.engine.model.info.version, "Cache-Control": "no-store"}
     return Response(finished.payload, media_type=finished.media_type, headers=headers)
 
 
@@ -72,24 +77,26 @@ def json_answer(body: SegmentResponse | BatchResponse) -> JSONResponse:
 
 
 @router.post("/segment", summary="Segment infection and lung on one chest X-ray", response_model=SegmentResponse,
-             responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/dicom": {}},
-                                                 "description": "JSON measurements, a PNG or a DICOM object"}})
+             responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/dicom": {},
+                                                             "multipart/related": {}},
+                                                 "description": "JSON measurements, a PNG, a DICOM object or "
+                                                                "several (format=dicom)"}})
 async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
                   file: Annotated[UploadFile, File(description="PNG or JPEG (8/16-bit gray, RGB, RGBA, palette, "
                                                                "CMYK) or DICOM")],
                   threshold: ThresholdQuery = None, format: FormatQuery = None,
                   output: OutputQuery = PngOutput.mask, include: IncludeQuery = None, tta: TtaQuery = None,
-                  selection: SelectionQuery = "apply"):
+                  selection: SelectionQuery = "apply", outputs: OutputsQuery = None):
     await refuse_a_second_file(request)
     if format is None:
         format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
-    spec = OutputSpec(format, service.threshold_or_default(threshold), output, OutputSpec.parse_include(include), tta,
-                      apply_selection=selection == "apply")
+    spec = OutputSpec(format, service.engine.threshold(threshold), output, OutputSpec.parse_include(include), tta,
+                      apply_selection=selection == "apply", kinds=OutputSpec.parse_outputs(outputs, format))
     timings = Timings()
     finished = (await service.process([await read_upload(file, settings)], spec, timings))[0]
     if finished.payload is not None:
         return binary_answer(finished, service)
-    return json_answer(SegmentResponse(**finished.result.model_dump(), request_id=request.state.request_id,
+    return json_answer(SegmentResponse(**finished.fields, request_id=request.state.request_id,
                                        model=ModelIdentity(**service.model_identity()), timings_ms=timings.as_dict()))
 
 
@@ -103,11 +110,12 @@ async def segment_batch(request: Request, service: ServiceDep, settings: Setting
     if len(files) > settings.max_batch_files:
         raise PipelineError(Problem.TOO_LARGE, "too_many_files",
                             f"{len(files)} files sent; at most {settings.max_batch_files} per batch request")
-    spec = OutputSpec(OutputFormat.json, service.threshold_or_default(threshold),
+    spec = OutputSpec(OutputFormat.json, service.engine.threshold(threshold),
                       include=OutputSpec.parse_include(include), tta=tta, apply_selection=selection == "apply")
     timings = Timings()
     uploads = [await read_upload(f, settings, index=i) for i, f in enumerate(files)]
     finished = await service.process(uploads, spec, timings)
     return json_answer(BatchResponse(request_id=request.state.request_id,
                                      model=ModelIdentity(**service.model_identity()), threshold=spec.threshold,
-                                     results=[f.result for f in finished], timings_ms=timings.as_dict()))
+                                     results=[SegmentResult(**f.fields) for f in finished],
+                                     timings_ms=timings.as_dict()))
