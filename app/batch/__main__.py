@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None, s: Settings) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="engines in the actor pool")
     p.add_argument("--cpus-per-worker", type=float, help="default: the cluster's CPUs / workers")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="e.g. 0.5 for two engines per GPU")
-    p.add_argument("--batch-size", type=int, default=4, help="inputs per block and model run")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per block given to a worker (it segments "
+                   "them in model runs of at most 4 images of 2048 px: memory stays bounded for large images)")
     p.add_argument("--object-store-mb", type=int, default=512, help="local Ray: object store cap")
     p.add_argument("--local-cpus", type=int, help="local Ray: CPUs it may use (default: all)")
     p.add_argument("--no-progress", action="store_true")

@@ -13,7 +13,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -30,7 +29,7 @@ class RayOptions:
     workers: int = 1  # engines in the actor pool
     cpus_per_worker: float | None = None  # default: the cluster's CPUs shared among the workers
     gpus_per_worker: float = 0.0  # fractional GPUs are fine: 0.5 puts two engines on one GPU
-    batch_size: int = 4  # inputs per block (one model run); pixels of a block live in one worker
+    batch_size: int = 16  # inputs per block; a worker segments them in runs of at most WorkerConfig.run_pixels
     object_store_mb: int = 512  # local Ray only: the cap of its shared-memory object store
     local_cpus: int | None = None  # local Ray only: CPUs it may use (default: all)
 
@@ -38,12 +37,26 @@ class RayOptions:
 @dataclass
 class RunReport:
     written: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the start of the work (workers' start and model loads included) to the last row
     counts: dict[str, int] = field(default_factory=dict)
+    first_block: Block | None = None  # rows and time of the first block written
 
     @property
     def images_per_second(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Throughput once the workers run: the rows after the first block over the time since it."""
+        if self.first_block is None or self.seconds <= self.first_block.seconds:
+            return 0.0
+        return (self.written - self.first_block.rows) / (self.seconds - self.first_block.seconds)
+
+
+@dataclass(frozen=True)
+class Block:
+    rows: int
+    seconds: float
 
 
 def start_ray(options: RayOptions):
@@ -89,6 +102,8 @@ def run_on_ray(items: list[Item], table: ResultsTable, config: WorkerConfig, opt
             for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
                 rows = block.to_pylist()
                 report.written += table.append(rows)
+                if report.first_block is None:
+                    report.first_block = Block(len(rows), time.perf_counter() - start)
                 for r in rows:
                     report.counts[r["status"]] = report.counts.get(r["status"], 0) + 1
                 bar.update(len(rows))

@@ -11,12 +11,14 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from playwright import (
+    sync_api as playwright,  # drives Debian chromium: no browser download
+)
 
 from tests.conftest import ROOT, fixture_images
 from tests.dicom_fixtures import make_cxr_dicom
 from tests.servers import service
 
-from playwright import sync_api as playwright  # drives Debian chromium: no browser download
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: The flags a closed network needs (no background connections) and a root user needs (no sandbox).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

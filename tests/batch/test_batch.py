@@ -22,13 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+import ray  # noqa: F401  (the batch extra, which the README's test command installs)
 
 from app.pipeline.dicom.common import result_uid
 from tests.conftest import ROOT, fixture_images, model_under_test
 from tests.dicom_fixtures import make_cxr_dicom
 from tests.servers import free_port, orthanc
-
-import ray  # noqa: F401,E402  (the batch extra, which the README's test command installs)
 
 PATIENT = {"patient_name": "BATCH^SECRET", "patient_id": "PID-SECRET-42"}
 ACCESSION = "ACC1"  # what make_cxr_dicom writes as AccessionNumber

@@ -1,0 +1,40 @@
+"""The batch worker without Ray: a block is segmented in model runs bounded by pixels, and each row is
+what the image gets alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.batch.sources import Item
+from app.batch.worker import EngineWorker, WorkerConfig
+from app.core.config import Settings
+from tests.conftest import fixture_images, model_under_test
+
+IMAGES = fixture_images("Val", "COVID-19") + fixture_images("Val", "Normal")
+
+
+def worker(run_pixels: int) -> tuple[EngineWorker, list[int]]:
+    settings = Settings(model_path=model_under_test()).model_dump(mode="json")
+    w = EngineWorker(WorkerConfig(settings=settings, threads=1, run_pixels=run_pixels))
+    runs: list[int] = []
+    segment = w.engine.segment
+
+    def counted(images, *args, **kwargs):
+        runs.append(len(images))
+        return segment(images, *args, **kwargs)
+
+    w.engine.segment = counted
+    return w, runs
+
+
+def test_a_block_is_segmented_in_runs_bounded_by_pixels_with_the_same_rows(tmp_path: Path):
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(IMAGES[0].read_bytes()[:300])
+    items = [Item(source=str(p), path=str(p)) for p in [*IMAGES, cut]]
+    bounded, runs = worker(run_pixels=2 * 256 * 256)  # two dataset images per run
+    rows = bounded.rows(items)
+    assert runs == [2, 2] and len(IMAGES) == 4
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["failed"] and rows[-1]["error_code"] == "corrupt_image"
+    alone, _ = worker(run_pixels=1)
+    for item, r in zip(items[:4], rows):
+        assert alone.rows([item])[0] == r  # a row does not depend on its company
