@@ -15,6 +15,7 @@ from starlette.routing import Route
 from app import __version__
 from app.api.deps import require_api_key
 from app.api.routes import health, metrics, model, segment, viewer
+from app.core.auth import ApiKeyGate
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import ServiceMetrics
@@ -67,11 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     if settings.viewer:  # the page is open; what it calls is behind the key
         app.include_router(viewer.router)
-    app.include_router(segment.router, dependencies=protected)
-    app.include_router(model.router, dependencies=protected)
-    app.include_router(metrics.router, dependencies=protected)
+    keyed = [segment.router, model.router, metrics.router]
+    for router in keyed:
+        app.include_router(router, dependencies=protected)
     if not settings.docs_public:
         protect_docs(app, protected)
+    # The same check before any body is read (FastAPI reads a whole upload before a route's dependencies).
+    gated = {route.path for router in keyed for route in router.routes}
+    app.add_middleware(ApiKeyGate, keys=settings.api_keys, paths=gated)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_request_bytes,
                        body_timeout=settings.body_timeout)
     return app

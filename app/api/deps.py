@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+from app.core.auth import CHALLENGE, UNAUTHORIZED, key_is_valid
 from app.core.config import Settings
 from app.core.metrics import ServiceMetrics
 from app.services.segmentation import SegmentationService
@@ -35,16 +35,8 @@ async def get_service(request: Request) -> SegmentationService:
 
 async def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
     keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    supplied = (key or "").encode()
-    # Compare against every key in constant time, without stopping at the first match.
-    ok = False
-    for k in keys:
-        ok |= hmac.compare_digest(supplied, k.encode())
-    if not ok:
-        raise HTTPException(401, detail={"code": "unauthorized", "detail": "missing or invalid X-API-Key header"},
-                            headers={"WWW-Authenticate": "ApiKey"})
+    if keys and not key_is_valid(keys, key):
+        raise HTTPException(401, detail=UNAUTHORIZED, headers=CHALLENGE)
 
 
 SettingsDep = Annotated[Settings, Depends(settings_of)]

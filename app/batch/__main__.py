@@ -9,7 +9,7 @@ Results: DIR/results/ (Parquet: pyarrow.parquet.read_table("DIR/results")), a su
 DIR/ppar_distribution.png and DIR/severity_histogram.png. A rerun with the same --out does only what
 is not in the table yet. Settings (model, selection rules COVIDSEG_SELECT_*, PACS credentials
 COVIDSEG_PACS_USER/_PASSWORD) come from the environment as for the service and the bridge.
-Exit status: 0 done, 2 bad arguments or source.
+Exit status: 0 done, 2 bad arguments or source, 3 inputs left pending (the PACS did not answer: rerun).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from app.batch.job import RayOptions
 from app.batch.report import plot, summary
 from app.batch.sources import Item, SourceError, folder_items, manifest_items, pacs_items, pending
 from app.batch.table import ResultsTable
@@ -30,6 +31,7 @@ from app.pipeline.dicom.common import KINDS
 from app.pipeline.select import SelectionRules
 
 log = logging.getLogger("app.batch")
+RAY_DEFAULTS = RayOptions()
 
 
 def parse_args(argv: list[str] | None, s: Settings) -> argparse.Namespace:
@@ -52,12 +54,13 @@ def parse_args(argv: list[str] | None, s: Settings) -> argparse.Namespace:
     p.add_argument("--ignore-selection", action="store_true",
                    help="segment DICOM inputs the COVIDSEG_SELECT_* rules leave out (research use)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: an embedded local Ray)")
-    p.add_argument("--workers", type=int, default=1, help="engines in the actor pool")
+    p.add_argument("--workers", type=int, default=RAY_DEFAULTS.workers, help="engines in the actor pool")
     p.add_argument("--cpus-per-worker", type=float, help="default: the cluster's CPUs / workers")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="e.g. 0.5 for two engines per GPU")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per block given to a worker (it segments "
+    p.add_argument("--batch-size", type=int, default=RAY_DEFAULTS.batch_size, help="inputs per block given to a worker (it segments "
                    "them in model runs of at most 4 images of 2048 px: memory stays bounded for large images)")
-    p.add_argument("--object-store-mb", type=int, default=512, help="local Ray: object store cap")
+    p.add_argument("--object-store-mb", type=int, default=RAY_DEFAULTS.object_store_mb,
+                   help="local Ray: object store cap")
     p.add_argument("--local-cpus", type=int, help="local Ray: CPUs it may use (default: all)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -100,7 +103,7 @@ def list_items(args: argparse.Namespace, settings: Settings, pacs: PacsSpec | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.batch.job import RayOptions, run_on_ray
+    from app.batch.job import run_on_ray
 
     settings = settings_from_environment()
     args = parse_args(argv, settings)
@@ -123,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     report = run_on_ray(todo, table, config, options, progress=not args.no_progress)
     everything = table.read()
     print(summary(everything, report.written, report.images_per_second))
+    pending = report.counts.get("pending", 0)
+    if pending:
+        print(f"{pending} inputs pending (the PACS did not answer): run the same command again for them")
     for path in plot(everything, args.out):
         print(f"wrote {path}")
     log.info("done in %.1f s", time.perf_counter() - start)
-    return 0
+    return 3 if pending else 0
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def run_on_ray(items: list[Item], table: ResultsTable, config: WorkerConfig, opt
                 report.written += table.append(rows)
                 if report.first_block is None:
                     report.first_block = Block(len(rows), time.perf_counter() - start)
-                for r in rows:
+                for r in rows:  # "pending" rows are counted here only (the table never holds them)
                     report.counts[r["status"]] = report.counts.get(r["status"], 0) + 1
                 bar.update(len(rows))
         report.seconds = time.perf_counter() - start

@@ -39,6 +39,9 @@ SCHEMA = pa.schema([
     ("outputs", pa.string()),  # DICOM results written or stored (seg,sc,sr)
 ])
 STATUSES = ("ok", "failed", "skipped")
+#: A worker's answer for an input the PACS did not deliver or take (unreachable, busy): never written to
+#: the table, so a rerun does it again.
+PENDING = "pending"
 
 
 class ResultsTable:
@@ -63,7 +66,7 @@ class ResultsTable:
 
     def append(self, rows: Iterable[dict]) -> int:
         """Write ``rows`` as one new part (atomically); returns how many."""
-        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+        table = pa.Table.from_pylist([r for r in rows if r["status"] != PENDING], schema=SCHEMA)
         if table.num_rows == 0:
             return 0
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from app.batch.sources import Item
+from app.batch.table import PENDING
 from app.engine import Engine, Measurements
+from app.pacs.service_client import is_transient
 from app.pipeline.dicom.common import result_uid
 from app.pipeline.errors import PipelineError, Problem
 from app.pipeline.load import LoadedImage
@@ -94,6 +96,10 @@ class EngineWorker:
             except PipelineError as exc:
                 done[i] = row(item, "skipped" if exc.code == NOT_SELECTED else "failed", exc.code, **self.model_fields)
             except Exception as exc:  # noqa: BLE001 - one bad input must not end the job; logged by type only
+                if is_transient(exc):  # the PACS unreachable or busy: not the input's fault, left for a rerun
+                    log.warning("the PACS did not answer for an input (%s): left pending", type(exc).__name__)
+                    done[i] = row(item, PENDING, "pacs_unreachable")
+                    continue
                 log.warning("an input could not be read: %s", type(exc).__name__)
                 done[i] = row(item, "failed", "internal_error", **self.model_fields)
             if sum(im.width * im.height for _, im in loaded) >= self.config.run_pixels or i == len(items) - 1:
@@ -105,7 +111,11 @@ class EngineWorker:
         """One model run for ``loaded``; each image's finished row by its place in the block."""
         if not loaded:
             return {}
-        segs = self.engine.segment([im for _, im in loaded], self.config.threshold, self.config.tta)
+        try:
+            segs = self.engine.segment([im for _, im in loaded], self.config.threshold, self.config.tta)
+        except Exception as exc:  # noqa: BLE001 - a failed run fails its inputs, not the job; logged by type only
+            log.warning("a model run failed: %s", type(exc).__name__)
+            return {i: row(items[i], "failed", "inference_failed", **self.model_fields) for i, _ in loaded}
         return {i: self.finished(items[i], im, seg) for (i, im), seg in zip(loaded, segs)}
 
     def load(self, item: Item) -> LoadedImage:
@@ -137,6 +147,9 @@ class EngineWorker:
         except PipelineError as exc:
             return row(item, "failed", exc.code, **self.model_fields, **uids)
         except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):  # storing back failed for a while: the input is done again on a rerun
+                log.warning("the PACS did not take a result (%s): left pending", type(exc).__name__)
+                return row(item, PENDING, "pacs_unreachable")
             log.warning("a DICOM result could not be written or stored: %s", type(exc).__name__)
             return row(item, "failed", "output_failed", **self.model_fields, **uids)
         return {**row(item, "ok", None, **figures), **uids, "outputs": ",".join(outputs) or None}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.card import CardError, ModelCard
+from app.core.config import setting_default
 from app.engine.results import Measurements, SegmentationResults
 from app.pipeline.dicom.common import ModelRef, ResultOptions
 from app.pipeline.infer import ModelLoadError, OnnxSegmenter, tta_expand, tta_merge
@@ -68,8 +69,8 @@ class Engine:
     card: ModelCard | None
     result_options: ResultOptions = field(default_factory=ResultOptions)
     selection: SelectionRules = field(default_factory=SelectionRules)
-    max_pixels: int = 50_000_000
-    default_tta: str = "none"
+    max_pixels: int = setting_default("max_pixels")
+    default_tta: str = setting_default("tta")
     #: Evaluation only: another region rule than the card's (0 keeps every region); None: the card's.
     region_peak_override: float | None = None
 

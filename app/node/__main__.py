@@ -59,7 +59,8 @@ def parse_settings(argv: list[str] | None) -> Settings:
 def build_senders(settings: Settings) -> list:
     senders: list = []
     if settings.node_destination:
-        senders.append(CStoreSender(DicomDestination.parse(settings.node_destination), settings.node_ae_title))
+        senders.append(CStoreSender(DicomDestination.parse(settings.node_destination), settings.node_ae_title,
+                                    sc_transfer_syntax=settings.node_sc_transfer_syntax))
     if settings.node_stow_url:
         senders.append(StowSender(DicomWebClient(settings.node_stow_url, settings.pacs_user, settings.pacs_password)))
     if not senders:

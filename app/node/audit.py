@@ -89,8 +89,10 @@ def instance(uid: str | None, sop_class: str | None = None, **extra: Any) -> dic
 
 
 def owner_only_folder(folder: Path) -> None:
+    """The audit log's own folder, owner-only, also when it existed with wider rights: so it must be a
+    folder for the log alone (the default, ``audit/`` in the spool; README), never /var/log or a home."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)  # also when it existed with wider rights
+    os.chmod(folder, 0o700)
 
 
 class OwnerOnlyRotatingFileHandler(RotatingFileHandler):

@@ -26,6 +26,7 @@ import pydicom
 from pydicom.uid import SegmentationStorage
 from tenacity import RetryCallState, wait_exponential
 
+from app.core.config import setting_default
 from app.engine import Engine
 from app.node.audit import (
     MINOR_FAILURE,
@@ -217,7 +218,8 @@ def unreadable(data: bytes) -> str | None:
 
 
 class Deliverer(SpoolWorker):
-    def __init__(self, spool: Spool, senders: list[Sender], max_wait: float = 60.0, batch: int = 32,
+    def __init__(self, spool: Spool, senders: list[Sender], max_wait: float = setting_default("node_retry_max_wait"),
+                 batch: int = 32,
                  node: Participant | None = None, done: DoneRecord | None = None, audit=None,
                  metrics: NodeMetrics | None = None):
         super().__init__("deliverer", spool, poll=5.0)

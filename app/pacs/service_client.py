@@ -56,7 +56,9 @@ class ServiceClient:
     def results(self, dicom: bytes, kinds: list[str], threshold: float) -> dict[str, bytes]:
         """The DICOM results ``kinds`` (seg, sc, sr) of one instance, from one request (one model run):
         ``format=dicom&outputs=...`` answers one multipart/related part per kind, in the order asked."""
-        r = self.http.post("/segment", params={"format": "dicom", "outputs": ",".join(kinds), "threshold": threshold},
+        # The bridge applied its own selection rules to this file (the service's environment may differ).
+        params = {"format": "dicom", "outputs": ",".join(kinds), "threshold": threshold, "selection": "ignore"}
+        r = self.http.post("/segment", params=params,
                            files={"file": ("image.dcm", dicom, "application/dicom")})
         body = self._content(r)
         try:

@@ -41,7 +41,8 @@ class Unmet:
         """The node's and the bridge's wording (their logs, audit records and state file)."""
         if self.keyword == "PresentationIntentType":
             return "a FOR PROCESSING (raw detector) image"
-        return f"{self.noun} {self.value or '(none)'} is not one of {', '.join(v or '(none)' for v in self.admitted)}"
+        shown = self.value if not self.value or CODE_STRING.fullmatch(self.value) else "(not a code string)"
+        return f"{self.noun} {shown or '(none)'} is not one of {', '.join(v or '(none)' for v in self.admitted)}"
 
     def shown_value(self) -> str:
         """The value as a refusal shows it: a code string, never free text."""

@@ -38,3 +38,19 @@ def test_a_block_is_segmented_in_runs_bounded_by_pixels_with_the_same_rows(tmp_p
     alone, _ = worker(run_pixels=1)
     for item, r in zip(items[:4], rows):
         assert alone.rows([item])[0] == r  # a row does not depend on its company
+
+
+def test_an_unreachable_pacs_leaves_inputs_pending_and_out_of_the_table(tmp_path: Path):
+    from app.batch.table import ResultsTable
+    from app.batch.worker import PacsSpec
+    from tests.servers import free_port
+
+    settings = Settings(model_path=model_under_test()).model_dump(mode="json")
+    down = PacsSpec("dicomweb", f"http://127.0.0.1:{free_port()}/dicom-web")  # nothing listens there
+    w = EngineWorker(WorkerConfig(settings=settings, threads=1, pacs=down))
+    items = [Item(source="2.25.1", pacs_id="x", study_instance_uid="2.25.2", series_instance_uid="2.25.3",
+                  told='{"Modality": "CR"}')]
+    rows = w.rows(items)
+    assert [(r["status"], r["error_code"]) for r in rows] == [("pending", "pacs_unreachable")]
+    table = ResultsTable(tmp_path)
+    assert table.append(rows) == 0 and table.done_sources() == set()  # a rerun does it again
