@@ -19,7 +19,7 @@ RUN python -m venv .venv \
     && install -d -m 700 -o covidseg /spool
 # The node's spool in the image (the service user has no home for the per-user default); mount a volume here.
 ENV COVIDSEG_NODE_SPOOL_DIR=/spool
-EXPOSE 8000 11112
+EXPOSE 8000 11112 9101
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
 CMD ["python", "-m", "app"]

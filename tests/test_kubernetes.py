@@ -508,9 +508,10 @@ def test_ports_are_the_ones_the_dockerfile_exposes_and_the_programs_listen_on(ta
             assert declared == ({"dashboard": ray_constant("DEFAULT_DASHBOARD_PORT")} if pod.ray == "head" else {})
             continue
         settings = settings_of(docs, container, monkeypatch)
-        listens = settings.node_port if runs_node(container) else settings.port
-        assert [p["containerPort"] for p in container["ports"]] == [listens]
-        assert listens in exposed, f"port {listens} is not EXPOSEd by the Dockerfile"
+        listens = [settings.node_port, settings.node_metrics_port] if runs_node(container) else [settings.port]
+        assert [p["containerPort"] for p in container["ports"]] == listens
+        for port in listens:
+            assert port in exposed, f"port {port} is not EXPOSEd by the Dockerfile"
     for service in of_kind(docs, "Service"):
         backends = [c for p, _, c in containers(docs) if selects(service["spec"]["selector"], p.labels)]
         assert backends, f"Service {service['metadata']['name']} selects no pod"
@@ -965,7 +966,8 @@ def test_network_policies_admit_only_labelled_namespaces_on_the_pods_ports(targe
             continue
         (rule,) = policies[0]["spec"]["ingress"]
         assert rule["from"] == [{"namespaceSelector": {"matchLabels": CLIENT_LABEL}}]
-        assert [container_port(container, p["port"]) for p in rule["ports"]] == [container["ports"][0]["containerPort"]]
+        assert [container_port(container, p["port"]) for p in rule["ports"]] == [p["containerPort"]
+                                                                                 for p in container["ports"]]
     readme = (ROOT / "README.md").read_text()
     for labels in (CLIENT_LABEL, KUBERAY_LABEL):
         label = "=".join(*labels.items())
