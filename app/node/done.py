@@ -43,6 +43,9 @@ class DoneRecord:
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.executescript(SCHEMA)
         self.lock = threading.Lock()  # the segmenter adds, the deliverer forgets
+        # Results refused before their instance was marked (the deliverer can take a result from outgoing/
+        # between the segmenter's write and its add): the add that comes later must not mark the instance.
+        self.refused_early: set[str] = set()
 
     def results_of(self, key: str) -> list[str] | None:
         """The result SOP Instance UIDs made for ``key``, or None when it is not done."""
@@ -52,6 +55,9 @@ class DoneRecord:
 
     def add(self, key: str, result_uids: list[str]) -> None:
         with self.lock, self.db:
+            if self.refused_early & set(result_uids):  # one of its results was refused already: not done
+                self.refused_early -= set(result_uids)
+                return
             self.db.execute("BEGIN")
             self._drop(key)
             self.db.execute("INSERT INTO done VALUES (?, ?, ?)", (key, json.dumps(result_uids), time.time()))
@@ -67,6 +73,8 @@ class DoneRecord:
             row = self.db.execute("SELECT key FROM result WHERE uid = ?", (result_uid,)).fetchone()
             if row:
                 self._drop(row[0])
+            elif len(self.refused_early) < self.limit:  # bounded: a refusal of a long-forgotten result
+                self.refused_early.add(result_uid)
         return row is not None
 
     def __len__(self) -> int:

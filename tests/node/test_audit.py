@@ -186,3 +186,16 @@ def test_a_spool_name_tells_when_its_instance_arrived():
     name = Spool.new_name()
     assert abs(received_at(Path(f"{name}-seg.dcm")) - datetime.now().timestamp()) < 5
     assert received_at(Path("odd.dcm")) is None
+
+
+def test_a_result_refused_before_its_instance_is_marked_leaves_it_unmarked(tmp_path: Path):
+    # The deliverer can take a result from outgoing/ and see it refused between the segmenter's write
+    # and its add: the instance must stay not done, so a resend is segmented again.
+    from app.node.done import DoneRecord
+
+    record = DoneRecord(tmp_path / "done.sqlite", limit=10)
+    assert record.forget_result("2.25.7") is False
+    record.add("instance-key", ["2.25.7", "2.25.8"])
+    assert record.results_of("instance-key") is None
+    record.add("instance-key", ["2.25.7", "2.25.8"])  # made again later: marked as usual
+    assert record.results_of("instance-key") == ["2.25.7", "2.25.8"]
