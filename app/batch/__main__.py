@@ -126,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     report = run_on_ray(todo, table, config, options, progress=not args.no_progress)
     everything = table.read()
     print(summary(everything, report.written, report.images_per_second))
-    pending = report.counts.get("pending", 0)
-    if pending:
-        print(f"{pending} inputs pending (the PACS did not answer): run the same command again for them")
+    left = report.counts.get("pending", 0)
+    if left:
+        print(f"{left} inputs pending (the PACS did not answer): run the same command again for them")
     for path in plot(everything, args.out):
         print(f"wrote {path}")
     log.info("done in %.1f s", time.perf_counter() - start)
-    return 3 if pending else 0
+    return 3 if left else 0
 
 
 if __name__ == "__main__":

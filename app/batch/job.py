@@ -67,7 +67,8 @@ def start_ray(options: RayOptions):
         ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded: it listens on this machine only
-        ray.init(num_cpus=options.local_cpus, include_dashboard=False, log_to_driver=False,
+        # "local": always a new instance of its own, never a cluster another `ray start` left on this machine
+        ray.init(address="local", num_cpus=options.local_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=options.object_store_mb * 1024 * 1024)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job's own progress bar counts images
