@@ -508,9 +508,12 @@ def test_ports_are_the_ones_the_dockerfile_exposes_and_the_programs_listen_on(ta
             assert declared == ({"dashboard": ray_constant("DEFAULT_DASHBOARD_PORT")} if pod.ray == "head" else {})
             continue
         settings = settings_of(docs, container, monkeypatch)
-        listens = [settings.node_port, settings.node_metrics_port] if runs_node(container) else [settings.port]
+        if runs_node(container):
+            listens = [settings.node_port, settings.node_metrics_port]
+        else:  # the service, and its probe port when set
+            listens = [settings.port] + ([settings.probe_port] if settings.probe_port else [])
         assert [p["containerPort"] for p in container["ports"]] == listens
-        for port in listens:
+        for port in set(listens) - {settings.probe_port}:  # the probe port is the manifest's choice, not the image's
             assert port in exposed, f"port {port} is not EXPOSEd by the Dockerfile"
     for service in of_kind(docs, "Service"):
         backends = [c for p, _, c in containers(docs) if selects(service["spec"]["selector"], p.labels)]
@@ -607,7 +610,8 @@ def test_probes_exist_and_point_at_real_routes_and_modules(target):
             probe = container[kind]
             if "httpGet" in probe:
                 assert route_status(probe["httpGet"]["path"]) != 404, f"{kind} {probe['httpGet']['path']}: no route"
-                assert container_port(container, probe["httpGet"]["port"]) == container["ports"][0]["containerPort"]
+                port = container_port(container, probe["httpGet"]["port"])
+                assert port in {p["containerPort"] for p in container["ports"]}, f"{kind}: port {port} undeclared"
             else:
                 command = probe["exec"]["command"]
                 assert command[:2] == ["python", "-m"] and importlib.util.find_spec(command[2]), command
@@ -620,13 +624,18 @@ def startup_budget(container: dict) -> int:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_service_is_ready_on_ready_alive_on_health_and_has_time_to_warm_up(target):
-    for pod, _, container in containers(render(target)):
+def test_the_service_is_ready_on_ready_alive_on_health_and_has_time_to_warm_up(target, monkeypatch):
+    docs = render(target)
+    for pod, _, container in containers(docs):
         if runs_node(container) or pod.ray:
             continue
         assert container["startupProbe"]["httpGet"]["path"] == "/ready"
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
         assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        # Probed on the port outside the connection cap (tests/api/test_slow_clients.py).
+        probe_port = settings_of(docs, container, monkeypatch).probe_port
+        assert probe_port and all(container_port(container, container[kind]["httpGet"]["port"]) == probe_port
+                                  for kind in PROBES)
         assert route_status("/health") == 200 and route_status("/ready") == 503  # not ready while loading
         assert startup_budget(container) >= 120  # 1.5 s here; slow nodes and CUDA take far longer
     gpu = named(render("overlays/gpu"), "Deployment", "covidseg")["spec"]["template"]["spec"]["containers"][0]
@@ -966,8 +975,9 @@ def test_network_policies_admit_only_labelled_namespaces_on_the_pods_ports(targe
             continue
         (rule,) = policies[0]["spec"]["ingress"]
         assert rule["from"] == [{"namespaceSelector": {"matchLabels": CLIENT_LABEL}}]
-        assert [container_port(container, p["port"]) for p in rule["ports"]] == [p["containerPort"]
-                                                                                 for p in container["ports"]]
+        # Every port but the probe port, which only the kubelet (from the node) calls.
+        assert [container_port(container, p["port"]) for p in rule["ports"]] == [
+            p["containerPort"] for p in container["ports"] if p["name"] != "probe"]
     readme = (ROOT / "README.md").read_text()
     for labels in (CLIENT_LABEL, KUBERAY_LABEL):
         label = "=".join(*labels.items())

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
     max_connections: int = Field(256, ge=1, description="open HTTP connections at most; a new one beyond "
                                                         "gets 503 and is closed")
+    probe_port: int = Field(0, ge=0, le=65535, description="python -m app: a second port (on host) serving only "
+                                                          "/health and /ready, outside max_connections, for "
+                                                          "liveness probes (0: none)")
     docs_public: bool = Field(False, description="serve /docs, /redoc and /openapi.json without an API key "
                                                  "when keys are set")
     api_keys: Annotated[list[str], NoDecode] = Field(

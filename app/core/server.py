@@ -8,6 +8,10 @@ connection must complete a request's headers within ``header_timeout`` seconds o
 that request's first byte (else 408 and closed, or closed silently when nothing was sent), and a
 connection beyond ``max_connections`` open ones is answered 503 at once and closed. Request bodies
 have their deadline in :mod:`app.core.middleware`, which ``uvicorn app.main:app`` also runs.
+
+The cap would also refuse an orchestrator's liveness probe while slow clients hold every connection, and
+a restart would drop the requests in flight. So ``probe_port`` (when set) is a second listener that serves
+only ``/health`` and ``/ready``, outside the cap, with a small cap of its own (:data:`PROBE_CONNECTIONS`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from http import HTTPStatus
 from typing import ClassVar
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.config import Settings
@@ -29,12 +34,17 @@ log = logging.getLogger("app.server")
 #: How long a refused connection stays half-open after its 503, so that the client reads the answer
 #: instead of a reset (closing a socket with unread input sends RST).
 REFUSED_LINGER_S = 2.0
+#: What the probe port serves.
+PROBE_PATHS = frozenset({"/health", "/ready"})
+#: Open connections to the probe port at most (a kubelet opens one per probe, and closes it).
+PROBE_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
     header_timeout: float
     max_connections: int
+    probe_port: int = 0  # 0: none
 
 
 def error_response(status: int, code: str, detail: str, *headers: str) -> bytes:
@@ -51,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     (set on a subclass by :func:`protocol_class`)."""
 
     limits: ClassVar[ConnectionLimits]
+    probes: ClassVar[set[GuardedHttpToolsProtocol]]  # the open connections to the probe port
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -61,11 +72,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._started_request = False  # bytes of a request whose headers are not complete yet
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
-            self._refuse(transport)
+        probe = self._to_probe_port(transport)
+        if probe:
+            full = len(self.probes) >= PROBE_CONNECTIONS
+        else:  # uvicorn's connections are those to both ports
+            full = len(self.connections) - len(self.probes) >= self.limits.max_connections
+        if full:
+            self._refuse(transport, PROBE_CONNECTIONS if probe else self.limits.max_connections)
             return
         super().connection_made(transport)
+        if probe:
+            self.probes.add(self)
         self._start_header_timer()
+
+    def _to_probe_port(self, transport: asyncio.Transport) -> bool:
+        sockname = transport.get_extra_info("sockname")
+        return bool(self.limits.probe_port) and isinstance(sockname, tuple) and sockname[1] == self.limits.probe_port
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._draining:
@@ -82,6 +104,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
+        self.probes.discard(self)
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         if self._refused:
@@ -111,13 +134,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._draining = True
         self._close_after_answer(self.transport)
 
-    def _refuse(self, transport: asyncio.Transport) -> None:
+    def _refuse(self, transport: asyncio.Transport, cap: int) -> None:
         """Answer 503 before reading anything, then close once the client has read it (or soon)."""
         self._refused = True
-        log.warning("%d connections open: a new one refused with 503", self.limits.max_connections)
-        transport.write(error_response(503, "too_many_connections", "the service has "
-                                       f"{self.limits.max_connections} connections open; retry later",
-                                       "retry-after: 1"))
+        log.warning("%d connections open: a new one refused with 503", cap)
+        transport.write(error_response(503, "too_many_connections", f"the service has {cap} connections open; "
+                                       "retry later", "retry-after: 1"))
         self._close_after_answer(transport)
 
     def _close_after_answer(self, transport: asyncio.Transport) -> None:
@@ -128,13 +150,47 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer = self.loop.call_later(REFUSED_LINGER_S, transport.close)
 
 
+class ProbeOnly:
+    """ASGI wrapper: on the probe port, only :data:`PROBE_PATHS`; anything else there is a 404 (the service's
+    routes and their limits stay on the main port)."""
+
+    def __init__(self, app: ASGIApp, probe_port: int):
+        self.app = app
+        self.probe_port = probe_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") or (None, None)
+        if scope["type"] == "lifespan" or server[1] != self.probe_port or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        request_id = new_request_id()
+        body = error_body("not_found", f"port {self.probe_port} serves only {', '.join(sorted(PROBE_PATHS))}",
+                          request_id)
+        await send({"type": "http.response.start", "status": 404,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"x-request-id", request_id.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
     """A protocol class for ``uvicorn.run(http=...)`` (uvicorn instantiates it per connection)."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits, "probes": set()})
 
 
-def serve(app: object, settings: Settings) -> None:
-    """Serve ``app`` on ``settings.host:port`` until stopped, with the limits of ``settings``."""
-    limits = ConnectionLimits(header_timeout=settings.header_timeout, max_connections=settings.max_connections)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                http=protocol_class(limits), timeout_keep_alive=settings.keepalive_timeout)
+def serve(app: ASGIApp, settings: Settings) -> None:
+    """Serve ``app`` on ``settings.host:port`` (and the probe port, when set) until stopped, with the limits
+    of ``settings``."""
+    if settings.probe_port == settings.port:
+        raise SystemExit(f"COVIDSEG_PROBE_PORT must differ from the service's port {settings.port}")
+    limits = ConnectionLimits(settings.header_timeout, settings.max_connections, settings.probe_port)
+    options = {"host": settings.host, "log_level": settings.log_level, "access_log": False,
+               "http": protocol_class(limits), "timeout_keep_alive": settings.keepalive_timeout}
+    if not settings.probe_port:
+        uvicorn.run(app, port=settings.port, **options)
+        return
+    config = uvicorn.Config(ProbeOnly(app, settings.probe_port), port=settings.port, **options)
+    sockets = [config.bind_socket(), uvicorn.Config(app, port=settings.probe_port, **options).bind_socket()]
+    uvicorn.Server(config).run(sockets=sockets)

@@ -238,3 +238,38 @@ def test_connections_beyond_the_cap_get_503_json_and_are_closed():
         assert status == 200
         for s in held:
             s.close()
+
+
+def test_the_probe_port_answers_while_the_cap_is_reached_and_serves_only_the_probes():
+    probe_port = free_port()
+    with service(COVIDSEG_MAX_CONNECTIONS=str(CAP), COVIDSEG_HEADER_TIMEOUT="20",
+                 COVIDSEG_PROBE_PORT=str(probe_port)) as url:
+        probe = f"http://127.0.0.1:{probe_port}"
+        held = _open_counted(url)
+        with connect(url) as extra:  # the service's port is full...
+            extra.sendall(b"GET /health HTTP/1.1\r\nHost: covidseg\r\n\r\n")
+            assert parse(read_until_closed(extra))[0] == 503
+        for path in ("/health", "/ready"):  # ...and a liveness probe is still answered
+            assert httpx.get(probe + path, timeout=PATIENCE_S).status_code == 200
+        for method, path in (("GET", "/model"), ("POST", "/segment"), ("GET", "/"), ("GET", "/metrics")):
+            r = httpx.request(method, probe + path, timeout=PATIENCE_S)
+            assert r.status_code == 404, (path, r.status_code)
+            assert_json_error(r.content, "not_found", r.headers)
+            assert "serves only /health, /ready" in r.json()["detail"]
+        # The probe port has its own small cap: idle connections there do not take the service's.
+        from app.core.server import PROBE_CONNECTIONS
+
+        idle = [connect(probe) for _ in range(PROBE_CONNECTIONS)]
+        time.sleep(0.3)
+        with connect(probe) as beyond:
+            beyond.sendall(b"GET /health HTTP/1.1\r\nHost: covidseg\r\n\r\n")
+            status, headers, body = parse(read_until_closed(beyond))
+        assert status == 503 and assert_json_error(body, "too_many_connections", headers)
+        for s in idle + held:
+            s.close()
+        for _ in range(20):  # and once they go, both ports serve again
+            if answers(f"{url}/health") and answers(f"{probe}/ready"):
+                break
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/model", timeout=PATIENCE_S).status_code == 200
+        assert httpx.get(f"{probe}/ready", timeout=PATIENCE_S).status_code == 200
