@@ -7,13 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.results import (  # noqa: F401 - the result makers, by their old address
-    OutputFormat,
-    PngOutput,
-    SegmentationResults,
-    dicom_of,
-    png_of,
-)
+from app.engine.results import OutputFormat, PngOutput, SegmentationResults
 from app.pipeline.dicom.common import KINDS
 from app.pipeline.dicom.multipart import multipart_related
 from app.pipeline.dicom.read import DICOM_MEDIA_TYPE

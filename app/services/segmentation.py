@@ -20,7 +20,6 @@ from app.pipeline.dicom.common import ModelRef
 from app.pipeline.errors import PipelineError
 from app.pipeline.infer import OnnxSegmenter
 from app.pipeline.load import LoadedImage
-from app.pipeline.postprocess import Segmentation
 from app.services.batcher import MicroBatcher, run_in_chunks
 from app.services.outputs import Finished, OutputSpec, finish
 
@@ -106,10 +105,6 @@ class SegmentationService:
 
     def model_identity(self) -> dict[str, str]:
         return asdict(self.engine.model_ref())
-
-    def segment_now(self, images: list[LoadedImage], threshold: float, tta: str | None = None) -> list[Segmentation]:
-        """The engine's segmentation in the calling thread, outside the limiters."""
-        return self.engine.segment(images, threshold, tta)
 
     def warm_up(self) -> None:
         """One inference so the first request does not pay for graph set-up; then ready."""

@@ -458,6 +458,6 @@ def test_the_cards_region_rule_shapes_the_mask_at_any_threshold(service_client):
     data = COVID[0].read_bytes()
     body = post(client, data, "?threshold=0.25").json()
     assert body["region_peak_threshold"] == rule
-    seg = service.segment_now([decode_upload(data, service.max_pixels, "cxr.png", None)], 0.25)[0]
+    seg = service.engine.segment([decode_upload(data, service.max_pixels, "cxr.png", None)], 0.25)[0]
     assert np.array_equal(seg.infection_mask, infection_mask(seg.infection_probability(), 0.25, rule))
     assert body["infection_pixels"] == seg.infection_pixels > 0

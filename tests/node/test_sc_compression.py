@@ -26,11 +26,11 @@ from pydicom.uid import (
 )
 
 from app.core.config import Settings
+from app.engine.results import dicom_of
 from app.node.sender import CStoreSender, DicomDestination
 from app.node.transfer import SC_TRANSFER_SYNTAXES
 from app.pipeline.dicom.common import ResultOptions
 from app.pipeline.dicom.read import load_dicom_bytes
-from app.services.outputs import dicom_of
 from tests.conftest import fixture_images
 from tests.dicom_fixtures import make_cxr_dicom
 from tests.dicom_validate import iod_errors
@@ -44,7 +44,7 @@ def results(service_client) -> dict[str, bytes]:
     """The SC and SEG of a 2048 px CR, as the node queues them (uncompressed)."""
     _, service = service_client
     loaded = load_dicom_bytes(make_cxr_dicom(COVID[0], "CR", size=2048), 10 ** 8)
-    seg = service.segment_now([loaded], service.default_threshold)[0]
+    seg = service.engine.segment([loaded], service.default_threshold)[0]
     return {kind: dicom_of(kind, seg, loaded, service.model_ref(), ResultOptions()) for kind in ("sc", "seg")}
 
 

@@ -3,7 +3,7 @@ send each copied attribute absent, empty or filled, all checked by dciodvfy (dic
 
 One model run on the fixture X-ray is shared: the sources differ from it only in their attributes, so
 its Segmentation applies to each, and each result is made by the service's own output step
-(:func:`app.services.outputs.dicom_of`, which the routes and the node call) from the source as the
+(:func:`app.engine.results.dicom_of`, which the routes and the node call) from the source as the
 real reader loads it."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from app.engine.results import dicom_of
 from app.pipeline.dicom.common import KINDS, ModelRef, ResultOptions
 from app.pipeline.dicom.read import load_dicom_bytes
 from app.pipeline.dicom.source import METHOD_NOT_RECORDED
 from app.pipeline.errors import PipelineError
 from app.pipeline.postprocess import Segmentation
-from app.services.outputs import dicom_of
 from tests.conftest import fixture_images
 from tests.dicom_fixtures import make_cxr_dicom, read
 from tests.dicom_validate import iod_errors
@@ -108,7 +108,7 @@ def shared(service_client) -> Shared:
     _, service = service_client
     data = make_cxr_dicom(COVID, full_patient=True)  # an ordinary CR: CHEST, PA, L\F, no laterality
     loaded = load_dicom_bytes(data, MAX_PIXELS)
-    seg = service.segment_now([loaded], 0.4)[0]
+    seg = service.engine.segment([loaded], 0.4)[0]
     assert seg.infection_pixels > 0
     return Shared(read(data), seg, service.model_ref())
 

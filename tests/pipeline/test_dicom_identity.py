@@ -11,13 +11,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from app.engine.results import dicom_of
 from app.pacs.bridge import Job
 from app.pipeline.dicom.common import (KINDS, NO_DATETIME, ModelRef, ResultIdentity, ResultOptions, derived_uid,
                                        result_datetime, result_uid)
 from app.pipeline.dicom.read import load_dicom_bytes
 from app.pipeline.dicom.sr import SCHEME
 from app.pipeline.select import SelectionRules
-from app.services.outputs import dicom_of
 from tests.conftest import fixture_images
 from tests.dicom_fixtures import make_cxr_dicom, read
 from tests.dicom_validate import iod_errors
@@ -93,7 +93,7 @@ def made(service_client) -> tuple[bytes, dict[str, pydicom.Dataset], ModelRef]:
     _, service = service_client
     data = make_cxr_dicom(COVID, full_patient=True)
     loaded = load_dicom_bytes(data, 10 ** 8)
-    seg = service.segment_now([loaded], 0.4)[0]
+    seg = service.engine.segment([loaded], 0.4)[0]
     model = service.model_ref()
     return data, {kind: read(dicom_of(kind, seg, loaded, model, ResultOptions())) for kind in KINDS}, model
 
