@@ -17,6 +17,7 @@ only ``/health`` and ``/ready``, outside the cap, with a small cap of its own (:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -113,6 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_header_timer()  # the transport now belongs to the websocket protocol
+        self.probes.discard(self)  # and this protocol's connection_lost is never called
         super().handle_websocket_upgrade()
 
     def _start_header_timer(self) -> None:
@@ -183,7 +185,7 @@ def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
 def serve(app: ASGIApp, settings: Settings) -> None:
     """Serve ``app`` on ``settings.host:port`` (and the probe port, when set) until stopped, with the limits
     of ``settings``."""
-    if settings.probe_port == settings.port:
+    if settings.probe_port and settings.probe_port == settings.port:
         raise SystemExit(f"COVIDSEG_PROBE_PORT must differ from the service's port {settings.port}")
     limits = ConnectionLimits(settings.header_timeout, settings.max_connections, settings.probe_port)
     options = {"host": settings.host, "log_level": settings.log_level, "access_log": False,
@@ -193,4 +195,5 @@ def serve(app: ASGIApp, settings: Settings) -> None:
         return
     config = uvicorn.Config(ProbeOnly(app, settings.probe_port), port=settings.port, **options)
     sockets = [config.bind_socket(), uvicorn.Config(app, port=settings.probe_port, **options).bind_socket()]
-    uvicorn.Server(config).run(sockets=sockets)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C ends it quietly, as it does uvicorn.run
+        uvicorn.Server(config).run(sockets=sockets)
