@@ -9,6 +9,9 @@ that request's first byte (else 408 and closed, or closed silently when nothing 
 connection beyond ``max_connections`` open ones is answered 503 at once and closed. Request bodies
 have their deadline in :mod:`app.core.middleware`, which ``uvicorn app.main:app`` also runs.
 
+Every close lets the client read the answer first (:class:`_GracefulClose`): closing with unread input
+would reset the connection, and a reset can destroy a 408 that the client has not read yet.
+
 The cap would also refuse an orchestrator's liveness probe while slow clients hold every connection, and
 a restart would drop the requests in flight. So ``probe_port`` (when set) is a second listener that serves
 only ``/health`` and ``/ready``, outside the cap, with a small cap of its own (:data:`PROBE_CONNECTIONS`).
@@ -57,6 +60,27 @@ def error_response(status: int, code: str, detail: str, *headers: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+class _GracefulClose:
+    """A connection's transport as uvicorn sees it, whose ``close()`` lets the client read the answer first:
+    closing a socket with unread input (the rest of a body cut at its deadline, say) sends RST, which can
+    destroy the 408 on the client's side before it is read. So: FIN after the answer, input read and
+    dropped, closed at the client's EOF or after :data:`REFUSED_LINGER_S`."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol):
+        self._transport, self._protocol, self._closing = transport, protocol, False
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._protocol._drain_and_close(self._transport)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def __getattr__(self, name: str):  # everything else is the transport's own
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the header deadline and the connection cap of ``limits``
     (set on a subclass by :func:`protocol_class`)."""
@@ -81,7 +105,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if full:
             self._refuse(transport, PROBE_CONNECTIONS if probe else self.limits.max_connections)
             return
-        super().connection_made(transport)
+        self._socket_transport = transport
+        super().connection_made(_GracefulClose(transport, self))  # type: ignore[arg-type]
         if probe:
             self.probes.add(self)
         self._start_header_timer()
@@ -115,6 +140,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._stop_header_timer()  # the transport now belongs to the websocket protocol
         self.probes.discard(self)  # and this protocol's connection_lost is never called
+        self.transport = self._socket_transport  # which closes it its own way
         super().handle_websocket_upgrade()
 
     def _start_header_timer(self) -> None:
@@ -133,8 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.info("request headers not complete within %g s: 408, connection closed", self.limits.header_timeout)
             self.transport.write(error_response(408, "request_timeout", "request headers not received within "
                                                 f"{self.limits.header_timeout:g} s"))
-        self._draining = True
-        self._close_after_answer(self.transport)
+        self.transport.close()  # answered (or not): drained, then closed
 
     def _refuse(self, transport: asyncio.Transport, cap: int) -> None:
         """Answer 503 before reading anything, then close once the client has read it (or soon)."""
@@ -142,6 +167,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         log.warning("%d connections open: a new one refused with 503", cap)
         transport.write(error_response(503, "too_many_connections", f"the service has {cap} connections open; "
                                        "retry later", "retry-after: 1"))
+        self._close_after_answer(transport)
+
+    def _drain_and_close(self, transport: asyncio.Transport) -> None:
+        """Input read and dropped from now on, and the connection closed once the client has read the answer."""
+        self._draining = True
+        self._stop_header_timer()
+        with contextlib.suppress(RuntimeError, OSError):
+            transport.resume_reading()  # uvicorn may have paused it while the app was not reading the body
         self._close_after_answer(transport)
 
     def _close_after_answer(self, transport: asyncio.Transport) -> None:
