@@ -38,6 +38,9 @@ log = logging.getLogger("app.server")
 #: How long a refused connection stays half-open after its 503, so that the client reads the answer
 #: instead of a reset (closing a socket with unread input sends RST).
 REFUSED_LINGER_S = 2.0
+#: A client still sending keeps a closing connection open (its input read and dropped) up to this long, so
+#: that one that reads only after sending all of a slow upload still reads its 408 (nginx: lingering_time).
+LINGER_MAX_S = 30.0
 #: What the probe port serves.
 PROBE_PATHS = frozenset({"/health", "/ready"})
 #: Open connections to the probe port at most (a kubelet opens one per probe, and closes it).
@@ -64,7 +67,8 @@ class _GracefulClose:
     """A connection's transport as uvicorn sees it, whose ``close()`` lets the client read the answer first:
     closing a socket with unread input (the rest of a body cut at its deadline, say) sends RST, which can
     destroy the 408 on the client's side before it is read. So: FIN after the answer, input read and
-    dropped, closed at the client's EOF or after :data:`REFUSED_LINGER_S`."""
+    dropped, closed at the client's EOF, after :data:`REFUSED_LINGER_S` without input, or after
+    :data:`LINGER_MAX_S` in all."""
 
     def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol):
         self._transport, self._protocol, self._closing = transport, protocol, False
@@ -76,6 +80,14 @@ class _GracefulClose:
 
     def is_closing(self) -> bool:
         return self._closing or self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self._closing:  # after close() a write is dropped, as the transport itself drops it
+            self._transport.write(data)
+
+    def writelines(self, lines) -> None:
+        if not self._closing:
+            self._transport.writelines(lines)
 
     def __getattr__(self, name: str):  # everything else is the transport's own
         return getattr(self._transport, name)
@@ -92,6 +104,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_until = 0.0  # loop time by which a closing connection is closed, input or not
+        self._socket_transport: asyncio.Transport | None = None  # uvicorn's is a _GracefulClose around it
         self._refused = False  # never admitted: uvicorn does not know this connection
         self._draining = False  # answered and closing: input is read and dropped until then
         self._started_request = False  # bytes of a request whose headers are not complete yet
@@ -116,8 +130,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return bool(self.limits.probe_port) and isinstance(sockname, tuple) and sockname[1] == self.limits.probe_port
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._draining:
-            return  # read and dropped, so that closing later sends FIN, not RST
+        if self._refused or self._draining:  # read and dropped, so that closing later sends FIN, not RST
+            self._linger(self._socket_transport if self._draining else None)
+            return
         cycle = self.cycle
         super().data_received(data)
         if self.cycle is not cycle:  # a request's headers are complete
@@ -171,6 +186,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _drain_and_close(self, transport: asyncio.Transport) -> None:
         """Input read and dropped from now on, and the connection closed once the client has read the answer."""
+        if transport.is_closing():  # the client has gone (connection_lost closes it again): nothing to wait for
+            transport.close()
+            return
         self._draining = True
         self._stop_header_timer()
         with contextlib.suppress(RuntimeError, OSError):
@@ -182,7 +200,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         with its unread input would send RST, which can destroy the answer on the client's side."""
         if transport.can_write_eof():
             transport.write_eof()  # the client's EOF in answer closes the transport (eof_received)
-        self._linger_timer = self.loop.call_later(REFUSED_LINGER_S, transport.close)
+        self._linger_until = self.loop.time() + LINGER_MAX_S
+        self._linger(transport)
+
+    def _linger(self, transport: asyncio.Transport | None) -> None:
+        """(Re)arm the close of a closing connection: :data:`REFUSED_LINGER_S` from now, within its whole linger."""
+        if transport is None or transport.is_closing():
+            return
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        delay = min(REFUSED_LINGER_S, max(self._linger_until - self.loop.time(), 0.0))
+        self._linger_timer = self.loop.call_later(delay, transport.close)
 
 
 class ProbeOnly:
