@@ -24,7 +24,6 @@ import argparse
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,8 @@ from pathlib import Path
 
 from bench.batch import INT8_MODEL, make_inputs, val_images
 from bench.results import publish
+from bench.serve import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 #: The RayJob's rayStartParams (deploy/kubernetes/overlays/batch/rayjob.yaml) that shape Ray's processes.
 OBJECT_STORE_BYTES = 256 * 2**20
@@ -86,12 +85,6 @@ class PodCgroup:
                 break
             time.sleep(0.1)
         self.path.rmdir()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def drop_page_cache() -> None:

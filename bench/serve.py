@@ -259,10 +259,11 @@ def measure_overhead(model_path: Path, requests: int, rounds: int, providers: st
     model_s, steps = [], []
     e2e_s: dict[str, list[float]] = {name: [] for name in OVERHEAD_CLIENTS}
     floor_s: dict[str, list[float]] = {name: [] for name in OVERHEAD_CLIENTS}
-    with server(model_path, providers, 0.0, app_root) as (url, _), httpx.Client() as hx, contextlib.ExitStack() as stack:
+    with server(model_path, providers, 0.0, app_root) as (url, _), contextlib.ExitStack() as stack:
         clients = {name: make(url) for name, make in OVERHEAD_CLIENTS.items()}
         for client in clients.values():
             stack.callback(client.close)
+        metrics_client = clients["httpx"].client
 
         def timed(client: str, method: str, path: str, content: bytes | None, into: list[float]) -> bytes:
             t0 = time.perf_counter()
@@ -283,7 +284,7 @@ def measure_overhead(model_path: Path, requests: int, rounds: int, providers: st
         model_s.clear()
         for series in (*e2e_s.values(), *floor_s.values()):
             series.clear()
-        before = server_sums(hx, url)
+        before = server_sums(metrics_client, url)
         for round_ in range(rounds):
             for _ in range(per_round):
                 t0 = time.perf_counter()
@@ -294,7 +295,7 @@ def measure_overhead(model_path: Path, requests: int, rounds: int, providers: st
                 steps += [segment(client) for _ in range(per_round)]
                 for _ in range(5):
                     timed(client, "GET", "/health", None, floor_s[client])
-        after = server_sums(hx, url)
+        after = server_sums(metrics_client, url)
     served = {k: after[k] - before.get(k, 0.0) for k in after}
     model_p50 = statistics.median(model_s)
     result = {"model_p50": model_p50,

@@ -27,6 +27,7 @@ from http import HTTPStatus
 from typing import ClassVar
 
 import uvicorn
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -35,9 +36,9 @@ from app.core.middleware import error_body, new_request_id
 
 log = logging.getLogger("app.server")
 
-#: How long a refused connection stays half-open after its 503, so that the client reads the answer
-#: instead of a reset (closing a socket with unread input sends RST).
-REFUSED_LINGER_S = 2.0
+#: How long a closing connection (a refused one, or one uvicorn closes) stays half-open without input, so
+#: that the client reads the answer instead of a reset (closing a socket with unread input sends RST).
+LINGER_IDLE_S = 2.0
 #: A client still sending keeps a closing connection open (its input read and dropped) up to this long, so
 #: that one that reads only after sending all of a slow upload still reads its 408 (nginx: lingering_time).
 LINGER_MAX_S = 30.0
@@ -67,7 +68,7 @@ class _GracefulClose:
     """A connection's transport as uvicorn sees it, whose ``close()`` lets the client read the answer first:
     closing a socket with unread input (the rest of a body cut at its deadline, say) sends RST, which can
     destroy the 408 on the client's side before it is read. So: FIN after the answer, input read and
-    dropped, closed at the client's EOF, after :data:`REFUSED_LINGER_S` without input, or after
+    dropped, closed at the client's EOF, after :data:`LINGER_IDLE_S` without input, or after
     :data:`LINGER_MAX_S` in all."""
 
     def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol):
@@ -131,7 +132,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._draining:  # read and dropped, so that closing later sends FIN, not RST
-            self._linger(self._socket_transport if self._draining else None)
+            if self._draining:
+                self._linger(self._socket_transport)  # a client still sending: wait for it (refused: not)
             return
         cycle = self.cycle
         super().data_received(data)
@@ -204,12 +206,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._linger(transport)
 
     def _linger(self, transport: asyncio.Transport | None) -> None:
-        """(Re)arm the close of a closing connection: :data:`REFUSED_LINGER_S` from now, within its whole linger."""
+        """(Re)arm the close of a closing connection: :data:`LINGER_IDLE_S` from now, within its whole linger."""
         if transport is None or transport.is_closing():
             return
         if self._linger_timer is not None:
             self._linger_timer.cancel()
-        delay = min(REFUSED_LINGER_S, max(self._linger_until - self.loop.time(), 0.0))
+        delay = min(LINGER_IDLE_S, max(self._linger_until - self.loop.time(), 0.0))
         self._linger_timer = self.loop.call_later(delay, transport.close)
 
 
@@ -230,12 +232,9 @@ class ProbeOnly:
             await send({"type": "websocket.close", "code": 1008})
             return
         request_id = new_request_id()
-        body = error_body("not_found", f"port {self.probe_port} serves only {', '.join(sorted(PROBE_PATHS))}",
-                          request_id)
-        await send({"type": "http.response.start", "status": 404,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"x-request-id", request_id.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        detail = f"port {self.probe_port} serves only {', '.join(sorted(PROBE_PATHS))}"
+        await JSONResponse({"detail": detail, "code": "not_found", "request_id": request_id}, status_code=404,
+                           headers={"x-request-id": request_id})(scope, receive, send)
 
 
 def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.core.server import PROBE_CONNECTIONS
 from tests.conftest import ROOT, fixture_images, model_under_test
 from tests.servers import answers, free_port, running, service
 
@@ -272,8 +273,6 @@ def test_the_probe_port_answers_while_the_cap_is_reached_and_serves_only_the_pro
             assert_json_error(r.content, "not_found", r.headers)
             assert "serves only /health, /ready" in r.json()["detail"]
         # The probe port has its own small cap, and its connections do not count against the service's.
-        from app.core.server import PROBE_CONNECTIONS
-
         idle = [connect(probe) for _ in range(PROBE_CONNECTIONS)]
         time.sleep(0.3)
         with connect(probe) as beyond:
