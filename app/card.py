@@ -70,6 +70,20 @@ class Evaluation(BaseModel):
                                                                     "by mode (flip)")
 
 
+class InputJudgement(BaseModel):
+    """The input judgement's limits for this model (``app.pipeline.judge``), and the figures they rest on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    limits: dict[str, float | None]
+    command: str
+    scores: dict[str, str] | None = Field(None, description="what each of the graph's judgement outputs measures")
+    figures: dict[str, Any] = Field(default_factory=dict, description="per set: images, refused, each figure's range")
+    not_refused: list[str] = Field(default_factory=list, description="non-chest cases the judgement let through")
+    refused_chests: dict[str, dict[str, str]] = Field(default_factory=dict, description="per split, the data set's "
+                                                      "images refused and their codes")
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +108,7 @@ class ModelCard(BaseModel):
     limitations: list[str] = Field(default_factory=list)
     citations: list[str] = Field(default_factory=list)
     evaluation: Evaluation | None = None
+    input_judgement: InputJudgement | None = None
 
     @staticmethod
     def json_path(model_path: Path | str) -> Path:
@@ -133,7 +148,7 @@ class ModelCard(BaseModel):
 
     def render_markdown(self) -> str:
         return "\n".join([*self._header(), *self._training(), *self._attempts(), *self._evaluation(),
-                          *self._closing()])
+                          *self._judgement(), *self._closing()])
 
     def _header(self) -> list[str]:
         replaces = ([f"- Replaces: {self.name} {self.replaces.version} (sha256 `{self.replaces.sha256}`)"]
@@ -193,6 +208,26 @@ class ModelCard(BaseModel):
                 lines.append(f"| {th} | {_f(m.get('dice'))} | {_f(m.get('iou'))} | {_pct(n.get('median'))} | "
                              f"{_pct(n.get('p95'))} | {_pct(n.get('any_positive_share'))} |")
             lines.append("")
+        return lines
+
+    def _judgement(self) -> list[str]:
+        judgement = self.input_judgement
+        if judgement is None:
+            return []
+        lines = [f"## Input judgement (from `{judgement.command}`)", "",
+                 "An image is segmented only when it meets every limit; else 422 with `no_contrast`, "
+                 "`not_a_chest_radiograph` or `appears_inverted`.", "",
+                 "| limit | value |", "|---|---:|", *[f"| {k} | {v} |" for k, v in judgement.limits.items()], ""]
+        if judgement.figures:
+            lines += ["| set | images | refused | share refused |", "|---|---:|---:|---:|"]
+            lines += [f"| {name} | {f['images']} | {f['refused']} | {_pct(f['refused'] / max(f['images'], 1))} |"
+                      for name, f in judgement.figures.items()]
+            lines.append("")
+        if judgement.not_refused:
+            lines += ["Non-chest cases not refused: " + ", ".join(judgement.not_refused), ""]
+        for split, refused in judgement.refused_chests.items():
+            if refused:
+                lines += [f"{split} images refused: " + ", ".join(f"{n} ({c})" for n, c in refused.items()), ""]
         return lines
 
     def _closing(self) -> list[str]:

@@ -214,3 +214,52 @@ def img2dcm(jpeg: Path, out: Path) -> bytes:
     assert Path(tool).exists(), "img2dcm is not installed: apt-get install dcmtk (see README)"
     subprocess.run([tool, str(jpeg), str(out)], check=True, capture_output=True, timeout=60)
     return out.read_bytes()
+
+
+def without_file_meta(data: bytes, implicit_vr: bool = True) -> bytes:
+    """``data`` as some gateways and archives keep DICOM: the bare dataset, without preamble, 'DICM' or
+    File Meta; implicit VR little endian, or explicit VR little endian (native pixel data only)."""
+    ds = read(data)
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=implicit_vr, little_endian=True, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def with_garbage_frame(data: bytes, seed: int = 0) -> bytes:
+    """A compressed ``data`` whose frame is noise after its first two bytes (a JPEG's SOI marker kept):
+    a file whose header reads and whose pixel data no decoder can make sense of."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = read(data)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    noise = np.random.default_rng(seed).integers(0, 256, len(frame) - 2, dtype=np.uint8).tobytes()
+    ds.PixelData = encapsulate([frame[:2] + noise])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+
+
+def mammogram(png: Path, **kw) -> bytes:
+    """A DX-like file that a mammography unit sends: Modality MG, BREAST, CC, its own SOP class."""
+    ds = read(make_cxr_dicom(png, "DX", body_part="BREAST", view="CC", **kw))
+    ds.Modality = "MG"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MAMMOGRAPHY
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def with_lut_shape(data: bytes, shape: str, photometric: str | None = None) -> bytes:
+    """``data`` with PresentationLUTShape ``shape`` (and another PhotometricInterpretation when given)."""
+    ds = read(data)
+    ds.PresentationLUTShape = shape
+    if photometric:
+        ds.PhotometricInterpretation = photometric
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

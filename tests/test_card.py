@@ -68,3 +68,25 @@ def test_the_readme_trains_the_shipped_model_as_its_card_says():
     for phase in card.training.phases:
         command = " ".join(arg for arg in phase.command.split() if arg != "--resume")
         assert command in commands, command
+
+
+def judgement_rows(card: ModelCard) -> list[str]:
+    """The README's rows for one model's input judgement figures, as its card has them."""
+    rows = []
+    for name, s in card.input_judgement.figures.items():
+        codes = ", ".join(f"{code} {n}" for code, n in s["by_code"].items()) or "-"
+        rows.append(f"| {card.name} {card.version} | {name} | {s['images']} | {s['refused']} | {codes} |")
+    return rows
+
+
+def test_the_readme_quotes_the_judgement_figures_of_both_shipped_models():
+    """The README's judgement figures are the cards': the limits cannot change without them."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("<!-- judgement-figures -->")[1].split("\n### ")[0]
+    for path in (SHIPPED_MODEL, SHIPPED_MODEL.with_name(f"{SHIPPED_MODEL.stem}-int8.onnx")):
+        card = ModelCard.load(path)
+        assert card.input_judgement is not None and card.input_judgement.figures["Val"]["refused"] == 0
+        for row in judgement_rows(card):
+            assert row in section, row
+        for name in card.input_judgement.not_refused:
+            assert name in section, name

@@ -82,7 +82,7 @@ def predict_class(model: Engine | OnnxSegmenter, data: LoadedSamples, batch_size
     h, w = data.images.shape[1:]
     for i in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", disable=not progress):
         probs = engine.infer(engine.preprocess([as_image(g) for g in data.images[i:i + batch_size]]), tta)
-        for p in probs:
+        for p in probs.probabilities:
             inf.append(resize_probability(p[0], w, h))
             lung.append(resize_probability(p[1], w, h))
     return np.stack(inf), np.stack(lung)

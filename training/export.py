@@ -3,8 +3,18 @@
     python -m training.export --checkpoint runs/shipped/best.pt --output models/covidseg-unet-r34.onnx
 
 The graph takes the preprocessed batch ``image`` (N, 3, 256, 256) and returns
-``probabilities`` (N, 2, 256, 256): channel 0 infection, channel 1 lung (sigmoid applied).
+``probabilities`` (N, 2, 256, 256): channel 0 infection, channel 1 lung (sigmoid applied), and, with
+``--judgement``, the input judgement's scores fitted here on the Train split (``training.judgement``):
+``feature_distance`` (N,), the Mahalanobis distance of the image's pooled deepest encoder features from
+those of the Train images, and ``frontal_score`` (N,), a linear probe's logit on the features over a 4x4
+grid of the image (upright whole chests against turned, cropped and inverted ones).
 Export fails (non-zero exit) when ONNX Runtime and PyTorch differ by 1e-4 or more.
+
+A shipped graph can be exported again without its checkpoint (its weights recovered by
+``training.onnx_weights``, its card carried over; a new version):
+
+    python -m training.export --from-onnx models/covidseg-unet-r34.onnx --judgement \
+        --version 2.1.1 --output models/covidseg-unet-r34.onnx
 """
 
 from __future__ import annotations
@@ -22,10 +32,17 @@ import torch
 
 from app.pipeline.infer import OnnxSegmenter, file_sha256
 from app.pipeline.preprocess import INPUT_SIZE, preprocess_batch
-from app.card import ModelCard
+from app.card import ModelCard, Replaced
 from app.core.config import DEFAULT_MODEL_NAME, DEFAULT_MODEL_PATH
 from training.data import CLASSES, default_data_root, index_split, limit_per_class, load_samples
-from training.model import OUTPUT_CHANNELS, ProbabilityModel, build_model
+
+from app.pipeline.infer import JUDGEMENT_SCORES, PROBABILITIES
+from training.judgement import fit_judgement
+from training.model import OUTPUT_CHANNELS, FeatureDistance, FrontalScore, JudgedModel, ProbabilityModel, build_model
+from training.onnx_weights import load_onnx_weights
+
+#: The input judgement's fitted parts, as JudgedModel takes them.
+Judgement = tuple[FeatureDistance, FrontalScore]
 
 PARITY_TOLERANCE = 1e-4
 #: ``--augment`` was a yes/no flag before the mild/strong presets.
@@ -42,7 +59,12 @@ CITATIONS = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt written by training.train")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="best.pt written by training.train")
+    source.add_argument("--from-onnx", type=Path, help="an exported graph with its card: its weights and training "
+                                                       "record, exported again (e.g. with --judgement)")
+    p.add_argument("--judgement", action="store_true",
+                   help="add the input judgement's outputs feature_distance and frontal_score, fitted on Train")
     p.add_argument("--output", type=Path, default=DEFAULT_MODEL_PATH)
     p.add_argument("--name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--version", default="1.0.0")
@@ -69,14 +91,17 @@ def load_checkpoint_model(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, 
     return net, state
 
 
-def export_onnx(net: torch.nn.Module, output: Path, size: int, opset: int, metadata: dict[str, str]) -> None:
-    """Write the probability graph with a dynamic batch axis and the metadata the service reads."""
+def export_onnx(net: torch.nn.Module, output: Path, size: int, opset: int, metadata: dict[str, str],
+                judgement: Judgement | None = None) -> None:
+    """Write the probability graph (with the judgement's scores when given) with a dynamic batch axis and the
+    metadata the service reads."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    model = ProbabilityModel(net).eval()
+    model = (ProbabilityModel(net) if judgement is None else JudgedModel(net, *judgement)).eval()
+    names = [PROBABILITIES] + (list(JUDGEMENT_SCORES) if judgement is not None else [])
     dummy = torch.zeros(1, 3, size, size)
     with torch.no_grad():
-        torch.onnx.export(model, (dummy,), str(output), input_names=["image"], output_names=["probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        torch.onnx.export(model, (dummy,), str(output), input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           opset_version=opset, dynamo=False)
     graph = onnx.load(str(output))
     for key, value in metadata.items():
@@ -86,13 +111,18 @@ def export_onnx(net: torch.nn.Module, output: Path, size: int, opset: int, metad
     onnx.save(graph, str(output))
 
 
-def parity_check(net: torch.nn.Module, onnx_path: Path, images: list[np.ndarray], size: int = INPUT_SIZE) -> float:
-    """Max absolute difference of probabilities between PyTorch and ONNX Runtime on ``images``."""
+def parity_check(net: torch.nn.Module, onnx_path: Path, images: list[np.ndarray], size: int = INPUT_SIZE,
+                 judgement: Judgement | None = None) -> float:
+    """Max absolute difference between PyTorch and ONNX Runtime on ``images``: of the probabilities, and of
+    each judgement score relative to its size (at least 1)."""
     batch = preprocess_batch(images, size)
+    got = OnnxSegmenter(onnx_path, providers="CPUExecutionProvider").run(batch)
     with torch.no_grad():
-        expected = ProbabilityModel(net).eval()(torch.from_numpy(batch)).numpy()
-    got = OnnxSegmenter(onnx_path, providers="CPUExecutionProvider").predict(batch)
-    return float(np.abs(expected - got).max())
+        if judgement is None:
+            return float(np.abs(ProbabilityModel(net).eval()(torch.from_numpy(batch)).numpy() - got.probabilities).max())
+        probabilities, *scores = (t.numpy() for t in JudgedModel(net, *judgement).eval()(torch.from_numpy(batch)))
+    relative = [np.abs(s - got.scores[n]) / np.maximum(np.abs(s), 1.0) for n, s in zip(JUDGEMENT_SCORES, scores)]
+    return float(max(np.abs(probabilities - got.probabilities).max(), *(r.max() for r in relative)))
 
 
 def describe_recipe(config: dict[str, Any]) -> str:
@@ -198,27 +228,95 @@ def build_card(args: argparse.Namespace, state: dict[str, Any], max_diff: float,
     })
 
 
+def graph_net(model_path: Path, encoder: str) -> torch.nn.Module:
+    """The network of an exported graph, its weights recovered (``training.onnx_weights``)."""
+    net = build_model(encoder, None)
+    load_onnx_weights(net, model_path)
+    return net.eval()
+
+
+def carried_card(source: ModelCard, args: argparse.Namespace, max_diff: float, images: int, command: str,
+                 judgement: bool) -> ModelCard:
+    """The card of a graph exported again from ``source``: its training record and figures carried over."""
+    card = source.model_copy(deep=True)
+    card.version, card.file = args.version, args.output.name
+    card.sha256 = file_sha256(args.output)
+    card.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card.replaces = Replaced(version=source.version, sha256=source.sha256)
+    card.export = {**source.export, "command": command, "parity_max_abs_diff": max_diff, "parity_images": images,
+                   "torch": torch.__version__, "onnx": onnx.__version__, "from_onnx": {
+                       "file": source.file, "version": source.version, "sha256": source.sha256}}
+    if judgement:
+        card.export["outputs"] = [PROBABILITIES, *JUDGEMENT_SCORES]
+        card.export["judgement_scores"] = JUDGEMENT_SCORES_DOC
+    card.attempts = source.attempts + args.attempt
+    return card
+
+
+JUDGEMENT_SCORES_DOC = {
+    "feature_distance": "Mahalanobis distance of the image's deepest encoder features (global average pooled, 512) "
+                        "from their mean over the Train split (every class), covariance shrunk by 1 % towards its "
+                        "mean variance",
+    "frontal_score": "logit of a logistic regression (L2, weight decay 0.01) on the deepest encoder features averaged "
+                     "over a 4x4 grid of the image (16 x 512, standardised): every Train image against one in 7 "
+                     "turned 90/180/270 degrees, upside down, inverted, halved and quartered (training.judgement)"}
+
+
+def export_again(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--from-onnx``: the shipped graph's network exported again, with the judgement's scores when asked."""
+    source = ModelCard.load(args.from_onnx)
+    config = source.training.config
+    size = int(config.get("image_size", INPUT_SIZE))
+    net = graph_net(args.from_onnx, config.get("encoder", "resnet34"))
+    data_root = args.data_root or default_data_root()
+    judgement = fit_judgement(net, data_root, size) if args.judgement else None
+    export_onnx(net, args.output, size, args.opset, graph_metadata(args, size), judgement)
+    images = list(load_samples(limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images),
+                               progress=False).images)
+    max_diff = checked(net, args.output, images, size, judgement)
+    if max_diff is None:
+        return 1
+    command = "python -m training.export " + " ".join(argv if argv is not None else sys.argv[1:])
+    carried_card(source, args, max_diff, len(images), command, judgement is not None).save(args.output)
+    print(f"wrote {args.output} and its card; evaluate it again with training.evaluate --update-card")
+    return 0
+
+
+def graph_metadata(args: argparse.Namespace, size: int) -> dict[str, str]:
+    return {"model_name": args.name, "model_version": args.version, "input_size": str(size),
+            "output_channels": ",".join(OUTPUT_CHANNELS),
+            "preprocessing": "8-bit grayscale, resized to 256x256, x/255, 2*(x-0.5), replicated to 3 channels"}
+
+
+def checked(net: torch.nn.Module, output: Path, images: list[np.ndarray], size: int,
+            judgement: Judgement | None = None) -> float | None:
+    """The parity check's difference, or None when it failed: the graph is then removed (never left where it
+    could be shipped)."""
+    max_diff = parity_check(net, output, images, size, judgement)
+    print(f"parity on {len(images)} real Val images: max |onnx - torch| = {max_diff:.2e}")
+    if max_diff < PARITY_TOLERANCE:
+        return max_diff
+    print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; removed {output}", file=sys.stderr)
+    output.unlink()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_onnx is not None:
+        return export_again(args, argv)
     # Read before exporting: the replaced card is usually the one this export overwrites.
     replaced = ModelCard.model_validate_json(args.replaces.read_text()) if args.replaces else None
     net, state = load_checkpoint_model(args.checkpoint)
     config = state["config"]
     size = int(config.get("image_size", INPUT_SIZE))
-    export_onnx(net, args.output, size, args.opset, {
-        "model_name": args.name, "model_version": args.version, "input_size": str(size),
-        "output_channels": ",".join(OUTPUT_CHANNELS),
-        "preprocessing": "8-bit grayscale, resized to 256x256, x/255, 2*(x-0.5), replicated to 3 channels",
-    })
     data_root = args.data_root or Path(config.get("data_root") or default_data_root())
+    judgement = fit_judgement(net, data_root, size) if args.judgement else None
+    export_onnx(net, args.output, size, args.opset, graph_metadata(args, size), judgement)
     samples = limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images)
     images = list(load_samples(samples, progress=False).images)
-    max_diff = parity_check(net, args.output, images, size)
-    print(f"parity on {len(images)} real Val images: max |onnx - torch| = {max_diff:.2e}")
-    if not max_diff < PARITY_TOLERANCE:
-        print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; "
-              f"removed {args.output}", file=sys.stderr)
-        args.output.unlink()  # never leave a graph that failed its check where it could be shipped
+    max_diff = checked(net, args.output, images, size, judgement)
+    if max_diff is None:
         return 1
 
     card = build_card(args, state, max_diff, len(images), replaced,

@@ -22,7 +22,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from app.card import ModelCard
-from app.pipeline.infer import file_sha256
+from app.pipeline.infer import PROBABILITIES, file_sha256
 from app.pipeline.preprocess import preprocess_batch
 from training.data import default_data_root, index_split, load_samples
 
@@ -58,8 +58,28 @@ def calibration_images(data_root: Path, count: int) -> np.ndarray:
     return load_samples(samples, progress=False).images
 
 
+def judgement_only_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Nodes that feed only the judgement's scores, not the probabilities: kept in fp32, so that quantization
+    moves the scores no more than it moves the encoder features they read."""
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(tensor: str) -> set[str]:
+        seen, todo = set(), [tensor]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                todo.extend(node.input)
+        return seen
+
+    segmentation = ancestors(PROBABILITIES)
+    scores = set().union(*(ancestors(o.name) for o in graph.output if o.name != PROBABILITIES))
+    return sorted(scores - segmentation)
+
+
 def quantize(model: Path, output: Path, images: np.ndarray) -> None:
-    """fp32 graph -> int8 QDQ graph (per-channel weights), keeping the model's metadata."""
+    """fp32 graph -> int8 QDQ graph (per-channel weights), keeping the model's metadata; the judgement's own
+    nodes stay fp32."""
     source = onnx.load(str(model))
     input_name = source.graph.input[0].name
     size = int(source.graph.input[0].type.tensor_type.shape.dim[2].dim_value)
@@ -68,7 +88,8 @@ def quantize(model: Path, output: Path, images: np.ndarray) -> None:
         quant_pre_process(str(model), str(prepared))
         quantize_static(str(prepared), str(output), ImageReader(images, input_name, size),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=judgement_only_nodes(onnx.load(str(prepared)).graph))
     quantized = onnx.load(str(output))
     meta = {p.key: p.value for p in source.metadata_props}
     meta["model_name"] = f"{meta.get('model_name', model.stem)}-int8"
@@ -92,6 +113,7 @@ def int8_card(fp32: ModelCard, output: Path, calibration: int, command: str) -> 
                                     "activations": "uint8", "calibration": "MinMax",
                                     "calibration_images": calibration, "calibration_split": "Train"}}
     card.evaluation = None
+    card.input_judgement = None  # its own limits, on its own scores: training.judge_limits
     card.replaces = None
     return card
 

@@ -47,6 +47,22 @@ class DicomIdentifiers(BaseModel):
     sop_instance_uid: str | None = None
 
 
+class JudgementFigures(BaseModel):
+    """What the input judgement measured on an accepted image; GET /model gives the limits (input_judgement)."""
+
+    contrast: float = Field(description="8-bit grey levels between the image's 1st and 99th percentiles, as the "
+                                        "network sees it (limit: min_contrast)")
+    lung_share_left: float = Field(description="largest lung region in the image's left half, share of the image "
+                                               "(limit on both sides together: min_lung_share)")
+    lung_share_right: float = Field(description="the same in the image's right half")
+    lung_confidence: float = Field(description="the lung head's mean probability inside the lung field "
+                                               "(limit: min_lung_confidence)")
+    feature_distance: float | None = Field(None, description="distance from the Train images in the encoder's "
+                                                             "feature space (limit: max_feature_distance)")
+    frontal_score: float | None = Field(None, description="how much the image looks like an upright, whole frontal "
+                                                          "chest radiograph (limit: min_frontal_score)")
+
+
 class SegmentResult(BaseModel):
     """Measurements of one image, at its own resolution."""
 
@@ -62,6 +78,8 @@ class SegmentResult(BaseModel):
     lung_fraction: float = Field(description="lung pixels / all image pixels")
     infected_lung_share: float = Field(description="infection pixels inside the lung / lung pixels")
     severity: str = Field(description=SEVERITY_DOC)
+    judgement: JudgementFigures | None = Field(None, description="the input judgement's figures: the image was "
+                                                                 "judged a frontal chest radiograph the model reads")
     mask_png_base64: str | None = Field(None, description="with include=mask: 0/255 infection mask PNG")
     overlay_png_base64: str | None = Field(None, description="with include=overlay: overlay PNG")
     probability_png_base64: str | None = Field(None, description="with include=probability: 8-bit probability PNG")
@@ -73,7 +91,7 @@ class SegmentResult(BaseModel):
 class SegmentResponse(SegmentResult):
     request_id: str
     model: ModelIdentity
-    timings_ms: dict[str, float] = Field(description="decode, preprocess, inference, postprocess, total")
+    timings_ms: dict[str, float] = Field(description="decode, preprocess, inference, judge, postprocess, total")
 
 
 class BatchResponse(BaseModel):
@@ -87,7 +105,10 @@ class BatchResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "empty, truncated or corrupt file"},
     422: {"description": "invalid parameter (threshold, format, output, include, outputs), missing file, DICOM without "
-                        "pixel data or multi-frame, or a DICOM output asked of a non-DICOM input"},
+                        "pixel data or multi-frame, a DICOM output asked of a non-DICOM input, a DICOM the selection "
+                        "rules leave out (not_selected), or an image the model cannot judge: no_contrast, "
+                        "not_a_chest_radiograph, appears_inverted (the detail says what was measured against "
+                        "which limit)"},
     401: {"description": "missing or invalid X-API-Key (when keys are configured)"},
     413: {"description": "file over the upload limit, or image over the pixel limit"},
     415: {"description": "not an image, or an unsupported format or pixel mode"},

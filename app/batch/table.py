@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 #: One row per input. No patient name, ID or accession number is ever a column.
 SCHEMA = pa.schema([
     ("source", pa.string()),  # the path as listed, or the SOP Instance UID of a PACS input
-    ("status", pa.string()),  # ok, failed or skipped (left out by the selection rules)
-    ("error_code", pa.string()),  # the service's code (corrupt_image, not_selected...); null when ok
+    ("status", pa.string()),  # ok, failed, skipped (left out by the selection rules) or refused (the judgement)
+    ("error_code", pa.string()),  # the service's code (corrupt_image, not_selected, no_contrast...); null when ok
     ("ppar", pa.float64()),
     ("infected_lung_share", pa.float64()),
     ("lung_fraction", pa.float64()),
@@ -38,7 +38,8 @@ SCHEMA = pa.schema([
     ("sop_instance_uid", pa.string()),
     ("outputs", pa.string()),  # DICOM results written or stored (seg,sc,sr)
 ])
-STATUSES = ("ok", "failed", "skipped")
+#: refused: an image the model cannot judge (no_contrast, not_a_chest_radiograph, appears_inverted).
+STATUSES = ("ok", "failed", "skipped", "refused")
 #: A worker's answer for an input the PACS did not deliver or take (unreachable, busy): never written to
 #: the table, so a rerun does it again.
 PENDING = "pending"

@@ -112,20 +112,25 @@ class EngineWorker:
         if not loaded:
             return {}
         try:
-            segs = self.engine.segment([im for _, im in loaded], self.config.threshold, self.config.tta)
+            segs = self.engine.segment_each([im for _, im in loaded], self.config.threshold, self.config.tta)
         except Exception as exc:  # noqa: BLE001 - a failed run fails its inputs, not the job; logged by type only
             log.warning("a model run failed: %s", type(exc).__name__)
             return {i: row(items[i], "failed", "inference_failed", **self.model_fields) for i, _ in loaded}
-        return {i: self.finished(items[i], im, seg) for (i, im), seg in zip(loaded, segs)}
+        return {i: self.refused(items[i], im, seg) if isinstance(seg, PipelineError) else self.finished(items[i], im, seg)
+                for (i, im), seg in zip(loaded, segs)}
+
+    def refused(self, item: Item, loaded: LoadedImage, refusal: PipelineError) -> dict[str, Any]:
+        """An image the model cannot judge: a row with the judgement's code, no figures, no DICOM result."""
+        uids = loaded.dicom.uids() if loaded.dicom is not None else {}
+        return {**row(item, "refused", refusal.code, **self.model_fields), **uids}
 
     def load(self, item: Item) -> LoadedImage:
+        """The item read: a PACS instance judged by what the PACS tells before it is fetched, every DICOM by
+        its header before its pixels are decoded (a skipped one costs no decoding)."""
         if item.pacs_id or item.told:
             self.judge_before_download(item)
         data = self.pacs.download(_instance(item)) if self.pacs else _read_file(item.path)
-        loaded = self.engine.load(data, filename=item.path or None)
-        if self.config.selection:
-            self.engine.select(loaded)
-        return loaded
+        return self.engine.read(data, filename=item.path or None, selection=self.config.selection)
 
     def judge_before_download(self, item: Item) -> None:
         """A PACS instance the rules leave out by what the PACS says of it is not fetched."""

@@ -99,11 +99,12 @@ class Settings(BaseSettings):
                                   description="SeriesNumber of structured report results")
     institution_name: str | None = Field(None, description="InstitutionName written into results")
 
-    # Which images are segmented (the node and the bridge): chest X-rays for presentation.
+    # Which images are segmented (the node, the bridge, the service and the batch job): chest X-rays for presentation.
     select_modalities: CommaList = Field(list(CHEST_XRAY_MODALITIES), description="modalities to segment "
                                                                                    "(and to ask the PACS for)")
-    select_body_parts: CommaList = Field(list(CHEST_BODY_PARTS), description="BodyPartExamined values to segment; "
-                                                                             "an empty item admits images without it")
+    select_body_parts: CommaList = Field(list(CHEST_BODY_PARTS), description="BodyPartExamined values to segment, "
+                                                                             "compared stripped and upper-cased; an "
+                                                                             "empty item admits images without it")
     select_views: CommaList = Field(list(FRONTAL_VIEWS), description="ViewPosition values to segment; "
                                                                      "an empty item admits images without it")
     select_for_processing: bool = Field(False, description="also segment DX 'FOR PROCESSING' (raw detector) images")

@@ -44,10 +44,22 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def log_refusal(exc: PipelineError, status: int, request: Request) -> None:
+    """One line per refused input, by its code only: the message may quote the file, and the decoders'
+    tracebacks are the file's fault, not the service's. A file that cannot be decoded is a warning (a
+    modality or gateway sending damaged files is worth an operator's look); a refusal by rule (too large,
+    not selected...) is the service doing its job."""
+    level = logging.WARNING if exc.problem is Problem.CORRUPT else logging.INFO
+    log.log(level, "refused an input on %s: %d %s (request %s)", request.url.path, status, exc.code,
+            getattr(request.state, "request_id", "-"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PipelineError)
     async def _pipeline_error(request: Request, exc: PipelineError) -> JSONResponse:
-        return error_response(STATUS_OF_PROBLEM[exc.problem], exc.code, exc.message, request)
+        status = STATUS_OF_PROBLEM[exc.problem]
+        log_refusal(exc, status, request)
+        return error_response(status, exc.code, exc.message, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,8 +2,10 @@
 
 In MONAI Deploy's manner each step is a named unit with a typed input and output, composed here once:
 
-    load (bytes -> LoadedImage) -> select (DICOM: is it a chest X-ray?) -> preprocess (-> network batch)
-    -> infer (-> probabilities, with TTA) -> postprocess (-> Segmentation, under the threshold and the
+    load (bytes -> ParsedInput: a DICOM's header parsed, no pixel decoded) -> select (DICOM: is it a chest
+    X-ray? judged from the header) -> decode (-> LoadedImage) -> preprocess (-> network batch) -> infer
+    (-> ModelOutputs: probabilities and feature distance, with TTA) -> judge (-> Judgement: can the model
+    read this image? a refusal when not) -> postprocess (-> Segmentation, under the threshold and the
     card's region rule) -> results (SegmentationResults: measurements, JSON fields, PNGs and DICOM objects
     of the same Segmentation)
 
@@ -17,7 +19,8 @@ rule is the card's (:attr:`Engine.region_peak_threshold`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +30,11 @@ from app.card import CardError, ModelCard
 from app.core.config import setting_default
 from app.engine.results import Measurements, SegmentationResults
 from app.pipeline.dicom.common import ModelRef, ResultOptions
-from app.pipeline.infer import ModelLoadError, OnnxSegmenter, tta_expand, tta_merge
-from app.pipeline.inputs import decode_upload
+from app.pipeline.errors import PipelineError
+from app.pipeline.infer import (FEATURE_DISTANCE, FRONTAL_SCORE, ModelLoadError, ModelOutputs, OnnxSegmenter,
+                                tta_expand, tta_merge_outputs)
+from app.pipeline.inputs import ParsedInput, decode_parsed, parse_upload
+from app.pipeline.judge import NOT_A_CHEST, JudgeLimits, Judgement, appears_inverted, judged, measure
 from app.pipeline.load import LoadedImage
 from app.pipeline.postprocess import Segmentation, postprocess
 from app.pipeline.preprocess import preprocess_batch
@@ -96,6 +102,12 @@ class Engine:
             return self.region_peak_override
         return 0.0 if self.card is None else self.card.region_peak_threshold
 
+    @property
+    def judge_limits(self) -> JudgeLimits:
+        """The input judgement's limits: the card's (set on the model's own Val figures), else the defaults."""
+        judgement = None if self.card is None else self.card.input_judgement
+        return JudgeLimits.from_card(None if judgement is None else judgement.limits)
+
     def threshold(self, requested: float | None) -> float:
         """The caller's threshold, or the card's default (resolved here only)."""
         return self.default_threshold if requested is None else requested
@@ -114,13 +126,27 @@ class Engine:
         self.model.predict(np.zeros((1, 3, size, size), dtype=np.float32))
 
     # The steps.
-    def load(self, data: bytes, filename: str | None = None, content_type: str | None = None) -> LoadedImage:
-        return decode_upload(data, self.max_pixels, filename, content_type)
+    def load(self, data: bytes, filename: str | None = None, content_type: str | None = None) -> ParsedInput:
+        """What the upload is, a DICOM's header parsed; nothing decoded yet."""
+        return parse_upload(data, filename, content_type)
 
-    def select(self, loaded: LoadedImage) -> None:
-        """Refuse a DICOM the selection rules leave out (a knee, a lateral view...); PNG/JPEG pass."""
-        if loaded.dicom is not None:
-            check_selected(self.selection, loaded.dicom.dataset)
+    def select(self, parsed: ParsedInput) -> None:
+        """Refuse, from its header, a DICOM the selection rules leave out (a knee, a lateral view...), before
+        its pixels cost a decoding; PNG/JPEG pass."""
+        if parsed.dataset is not None:
+            check_selected(self.selection, parsed.dataset)
+
+    def decode(self, parsed: ParsedInput) -> LoadedImage:
+        """Check the image from its header (pixel limit, frames, photometric), then decode it to gray."""
+        return decode_parsed(parsed, self.max_pixels)
+
+    def read(self, data: bytes, filename: str | None = None, content_type: str | None = None,
+             selection: bool = True) -> LoadedImage:
+        """load -> select (unless ``selection`` is False) -> decode: an input ready to preprocess."""
+        parsed = self.load(data, filename, content_type)
+        if selection:
+            self.select(parsed)
+        return self.decode(parsed)
 
     def preprocess(self, images: list[LoadedImage]) -> np.ndarray:
         return preprocess_batch([im.gray for im in images], self.model.info.input_size)
@@ -129,28 +155,69 @@ class Engine:
         """What the model runs on for ``batch``: itself, or with ``flip`` followed by its mirrors."""
         return tta_expand(batch, self.tta(tta))
 
-    def merge(self, outputs: np.ndarray, tta: str | None = None) -> np.ndarray:
+    def merge(self, outputs: ModelOutputs, tta: str | None = None) -> ModelOutputs:
         """The model's outputs of an expanded batch, back to one answer per image."""
-        return tta_merge(outputs, self.tta(tta))
+        return tta_merge_outputs(outputs, self.tta(tta))
 
-    def infer(self, batch: np.ndarray, tta: str | None = None) -> np.ndarray:
-        """Probabilities (N, 2, S, S) of a preprocessed batch: one model run, TTA included."""
-        return self.merge(self.model.predict(self.expand(batch, tta)), tta)
+    def infer(self, batch: np.ndarray, tta: str | None = None) -> ModelOutputs:
+        """Probabilities (N, 2, S, S) and feature distances of a preprocessed batch: one model run, TTA included."""
+        return self.merge(self.model.run(self.expand(batch, tta)), tta)
 
-    def postprocess(self, probabilities: np.ndarray, images: list[LoadedImage], threshold: float) -> list[Segmentation]:
-        """Each image's masks at its own size, under ``threshold`` and the region rule."""
-        return [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold)
+    def judge(self, batch: np.ndarray, outputs: ModelOutputs, images: list[LoadedImage],
+              run: Callable[[np.ndarray], ModelOutputs] | None = None) -> list[Judgement]:
+        """Can the model read each image? ``batch`` is the preprocessed batch (without TTA mirrors), ``outputs``
+        its merged outputs. An image refused as no chest gets a second model run (``run``, default the
+        model's own) on its negative: when that passes, the refusal is ``appears_inverted``."""
+        limits, found = self.judge_limits, []
+        for i, image in enumerate(images):
+            judgement = self._judged(batch[i:i + 1], outputs[i:i + 1], limits)
+            if judgement.refusal is not None and judgement.refusal.code == NOT_A_CHEST:
+                negative = self._judged(-batch[i:i + 1], (run or self.model.run)(-batch[i:i + 1]), limits)
+                if negative.accepted:
+                    judgement = replace(judgement, refusal=appears_inverted(judgement.refusal, image.dicom is not None))
+            found.append(judgement)
+        return found
+
+    @staticmethod
+    def _judged(one: np.ndarray, outputs: ModelOutputs, limits: JudgeLimits) -> Judgement:
+        return judged(measure(one[0, 0], outputs.probabilities[0, 1], outputs.score(FEATURE_DISTANCE, 0),
+                              outputs.score(FRONTAL_SCORE, 0)), limits)
+
+    def postprocess(self, probabilities: np.ndarray, images: list[LoadedImage], threshold: float,
+                    judgements: list[Judgement] | None = None) -> list[Segmentation]:
+        """Each image's masks at its own size, under ``threshold`` and the region rule (with its judgement)."""
+        segs = [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold)
                 for p, im in zip(probabilities, images)]
+        for seg, judgement in zip(segs, judgements or []):
+            seg.judgement = judgement
+        return segs
 
     def results(self, seg: Segmentation, loaded: LoadedImage) -> SegmentationResults:
         """The result objects of one segmentation (JSON fields, PNGs, DICOM), made on demand."""
         return SegmentationResults(seg, loaded, self.model_ref(), self.result_options)
 
     # The composition.
+    def segment_each(self, images: list[LoadedImage], threshold: float | None = None,
+                     tta: str | None = None) -> list[Segmentation | PipelineError]:
+        """preprocess -> infer (one model run for all) -> judge -> postprocess: each image's segmentation, or
+        the judgement's refusal (no segmentation is made for a refused image)."""
+        batch = self.preprocess(images)
+        outputs = self.infer(batch, tta)
+        judgements = self.judge(batch, outputs, images)
+        found: list[Segmentation | PipelineError] = []
+        for i, (image, judgement) in enumerate(zip(images, judgements)):
+            found += [judgement.refusal] if judgement.refusal is not None else self.postprocess(
+                outputs.probabilities[i:i + 1], [image], self.threshold(threshold), [judgement])
+        return found
+
     def segment(self, images: list[LoadedImage], threshold: float | None = None,
                 tta: str | None = None) -> list[Segmentation]:
-        """preprocess -> infer (one model run for all) -> postprocess."""
-        return self.postprocess(self.infer(self.preprocess(images), tta), images, self.threshold(threshold))
+        """:meth:`segment_each`, raising the first refusal (PipelineError) when any image is refused."""
+        found = self.segment_each(images, threshold, tta)
+        refused = next((x for x in found if isinstance(x, PipelineError)), None)
+        if refused is not None:
+            raise refused
+        return found  # type: ignore[return-value]
 
     def dicom(self, kind: str, seg: Segmentation, loaded: LoadedImage) -> bytes:
         """The DICOM result ``kind`` (seg, sc, sr) of one segmentation of a DICOM input."""

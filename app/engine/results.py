@@ -118,6 +118,7 @@ class SegmentationResults:
             "image": {"width": loaded.width, "height": loaded.height, "format": loaded.format, "mode": loaded.mode},
             "dicom": loaded.dicom.uids() if loaded.dicom is not None else None,
             **self.measurements.as_dict(),
+            "judgement": None if self.seg.judgement is None else self.seg.judgement.figures(),
         }
         fields.update({f"{o.value}_png_base64": base64.b64encode(self.png(o)).decode() for o in include})
         return fields

@@ -48,6 +48,7 @@ EVENTS: dict[str, tuple[tuple[str, str], str, tuple[str, str] | None]] = {
     "instance-refused": (_TRANSFERRED, "C", None),
     "instance-already-done": (_ACCESSED, "R", None),
     "instance-not-segmented": (_ACCESSED, "C", None),
+    "instance-not-judged": (_ACCESSED, "C", None),
     "result-made": (_ACCESSED, "C", None),
     "delivery-started": (_BEGIN, "E", None),
     "result-delivered": (_TRANSFERRED, "R", None),

@@ -34,6 +34,10 @@ class NodeMetrics:
         self.already_done = Counter("covidseg_node_instances_already_done_total",
                                     "re-sent instances skipped: already segmented with this model and settings",
                                     registry=r)
+        self.not_judged = Counter("covidseg_node_instances_not_judged_total",
+                                  "instances not segmented because the model cannot judge them (the input "
+                                  "judgement), by code: no_contrast, not_a_chest_radiograph, appears_inverted",
+                                  ["code"], registry=r)
         self.delivered = Counter("covidseg_node_results_delivered_total", "results delivered, by destination",
                                  ["destination"], registry=r)
         self.failed = Counter("covidseg_node_failed_total", "items moved to failed/: stage segment (an instance "

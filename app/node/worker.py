@@ -40,8 +40,9 @@ from app.node.done import DoneRecord, done_key
 from app.node.metrics import NodeMetrics
 from app.node.sender import DestinationDown, Refused
 from app.node.spool import Spool
-from app.pipeline.dicom.read import load_dicom_bytes
+from app.pipeline.dicom.read import DICOM_MEDIA_TYPE, looks_like_bare_dataset
 from app.pipeline.errors import PipelineError
+from app.pipeline.judge import JUDGEMENT_CODES
 
 log = logging.getLogger("app.node")
 
@@ -100,8 +101,11 @@ class Header:
 
     @classmethod
     def read(cls, data: bytes, result: bool = False) -> Header:
-        """Raises whatever pydicom raises for bytes that are no DICOM file."""
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        """Raises whatever pydicom raises for bytes that are no DICOM file. A spool item may be a bare
+        dataset (no preamble, no File Meta: put there by hand, from an archive), which pydicom reads
+        only when forced."""
+        force = looks_like_bare_dataset(data)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=force)
         uid, sop_class = ds.get("SOPInstanceUID"), ds.get("SOPClassUID")
         return cls(str(uid) if uid else None, str(sop_class) if sop_class else None,
                    source_of(ds) if result else None)
@@ -155,6 +159,9 @@ class Segmenter(SpoolWorker):
             return
         try:
             results = self.results_of(data)
+        except PipelineError as exc:
+            (self.refuse if exc.code in JUDGEMENT_CODES else self.set_aside)(path, exc, source)
+            return
         except Exception as exc:  # noqa: BLE001 - one bad image must not hold up the queue behind it
             self.set_aside(path, exc, source)
             return
@@ -190,6 +197,15 @@ class Segmenter(SpoolWorker):
         log.info("skipped an instance already segmented with this model and settings")
         return True
 
+    def refuse(self, path: Path, exc: PipelineError, source: Header | None) -> None:
+        """An image the model cannot judge (the engine's judge step): not segmented, nothing sent, and not
+        kept (no administrator can make it readable); the audit record says what was measured."""
+        log.warning("an instance was not segmented: %s (the model cannot judge it)", exc.code)
+        path.unlink()
+        self.audit.record("instance-not-judged", MINOR_FAILURE, f"not segmented ({exc.code}): {exc.message}",
+                          **(source.fields() if source else {}))
+        self.metrics.not_judged.labels(exc.code).inc()
+
     def set_aside(self, path: Path, exc: Exception, source: Header | None) -> None:
         reason = exc.message if isinstance(exc, PipelineError) else f"{type(exc).__name__}"
         # the reason file (owner-only) has the message; it may quote the file's values, the log does not
@@ -201,8 +217,10 @@ class Segmenter(SpoolWorker):
         self.metrics.failed.labels("segment").inc()
 
     def results_of(self, data: bytes) -> dict[str, bytes]:
-        """Every result kind of this instance, from one model run."""
-        loaded = load_dicom_bytes(data, self.engine.max_pixels)
+        """Every result kind of this instance, from one model run. The selection rules judged it when it was
+        received (app.node.scp, from its header): read here without judging again, and as DICOM whatever
+        its first bytes (a spool item is one)."""
+        loaded = self.engine.read(data, content_type=DICOM_MEDIA_TYPE, selection=False)
         results = self.engine.results(self.engine.segment([loaded], self.threshold)[0], loaded)
         return {kind: results.dicom(kind) for kind in self.outputs}
 

@@ -31,6 +31,7 @@ from app.pacs.instance import SELECTION_ATTRIBUTES, Instance, Pacs
 from app.pacs.service_client import ServiceClient, ServiceRefused, is_transient
 from app.pacs.state import BridgeState
 from app.pipeline.dicom.common import ModelRef, result_uid
+from app.pipeline.judge import JUDGEMENT_CODES
 from app.pipeline.select import SelectionRules
 
 log = logging.getLogger("app.pacs")
@@ -75,7 +76,7 @@ class Summary:
     def table(self) -> str:
         rows = [("instances found (selected modalities)", self.found), ("already done (state file)", self.already_done),
                 ("results stored now", self.stored), ("results already in the PACS", self.already_in_pacs),
-                ("skipped (selection rules)", len(self.skipped)), ("images downloaded", self.downloaded),
+                ("skipped (selection rules, judgement)", len(self.skipped)), ("images downloaded", self.downloaded),
                 ("failed (skipped)", len(self.failed)),
                 ("pending (retry next run)", len(self.pending))]
         width = max(len(r[0]) for r in rows)
@@ -177,6 +178,9 @@ class Bridge:
                 try:
                     self.process(instance, summary)
                 except ServiceRefused as exc:
+                    if exc.code in JUDGEMENT_CODES:  # the model cannot judge this image: skipped, nothing stored
+                        self.skip(instance, f"{exc.code}: {exc.detail}", summary, "by the service's judgement")
+                        continue
                     log.warning("an instance was refused by the service (%d %s)", exc.status, exc.code)
                     log.debug("refused: SOP Instance UID %s: %s", instance.sop_instance_uid, exc.detail)
                     self.state.mark_failed(instance.sop_instance_uid, str(exc))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +89,42 @@ class ModelInfo:
     providers: tuple[str, ...]
 
 
+#: The graph's outputs: the segmentation, then (models from 2.1.1) the input judgement's scores, one per image.
+PROBABILITIES = "probabilities"
+FEATURE_DISTANCE = "feature_distance"
+FRONTAL_SCORE = "frontal_score"
+JUDGEMENT_SCORES = (FEATURE_DISTANCE, FRONTAL_SCORE)
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One model run's answers, row by row: probabilities (N, 2, S, S) and, when the graph gives them, the
+    judge step's scores of each image (N,) by name (:data:`JUDGEMENT_SCORES`)."""
+
+    probabilities: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, rows: slice) -> ModelOutputs:
+        return ModelOutputs(self.probabilities[rows], {k: v[rows] for k, v in self.scores.items()})
+
+    def score(self, name: str, row: int) -> float | None:
+        """Image ``row``'s score ``name``, or None when the graph does not give it."""
+        return float(self.scores[name][row]) if name in self.scores else None
+
+    @staticmethod
+    def concat(parts: list[ModelOutputs]) -> ModelOutputs:
+        if len(parts) == 1:
+            return parts[0]
+        return ModelOutputs(np.concatenate([p.probabilities for p in parts]),
+                            {k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores})
+
+
 class OnnxSegmenter:
-    """An ONNX Runtime session over the exported U-Net (input ``image``, output ``probabilities``)."""
+    """An ONNX Runtime session over the exported U-Net (input ``image``; outputs ``probabilities`` and,
+    optionally, ``feature_distance``)."""
 
     def __init__(self, path: Path | str, providers: str | list[str] = "auto",
                  intra_op_threads: int = 0, inter_op_threads: int = 0, cuda: CudaOptions | None = None):
@@ -109,10 +143,14 @@ class OnnxSegmenter:
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
-            raise ModelLoadError(f"{path} is not a segmentation graph with one (N, 3, H, W) input and one output")
+        names = [o.name for o in outputs]
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or not outputs or \
+                (len(outputs) > 1 and (names[0] != PROBABILITIES or not set(names[1:]) <= set(JUDGEMENT_SCORES))):
+            raise ModelLoadError(f"{path} is not a segmentation graph with one (N, 3, H, W) input and outputs "
+                                 f"{PROBABILITIES} (and some of {', '.join(JUDGEMENT_SCORES)})")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        self.output_names = names
         size = inputs[0].shape[2]
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo(
@@ -129,6 +167,18 @@ class OnnxSegmenter:
         if batch.ndim != 4:
             raise ValueError(f"expected a batch (N, 3, H, W), got shape {batch.shape}")
         return self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+    @property
+    def judgement_scores(self) -> list[str]:
+        """The judge step's scores this graph gives (none for graphs before 2.1.1)."""
+        return self.output_names[1:]
+
+    def run(self, batch: np.ndarray) -> ModelOutputs:
+        """Every output of the graph for a preprocessed batch (N, 3, S, S)."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected a batch (N, 3, H, W), got shape {batch.shape}")
+        found = self.session.run(self.output_names, {self.input_name: batch.astype(np.float32, copy=False)})
+        return ModelOutputs(found[0], dict(zip(self.output_names[1:], found[1:])))
 
 
 def tta_expand(batch: np.ndarray, tta: str = "none") -> np.ndarray:
@@ -147,6 +197,15 @@ def tta_merge(probs: np.ndarray, tta: str = "none") -> np.ndarray:
         return probs
     n = len(probs) // 2
     return (probs[:n] + probs[n:, ..., ::-1]) / 2
+
+
+def tta_merge_outputs(outputs: ModelOutputs, tta: str = "none") -> ModelOutputs:
+    """:func:`tta_merge` of every output: the judgement's scores are the image's own (not its mirror's), so
+    an image is judged the same with or without TTA."""
+    if tta == "none":
+        return outputs
+    n = len(outputs) // 2
+    return ModelOutputs(tta_merge(outputs.probabilities, tta), {k: v[:n] for k, v in outputs.scores.items()})
 
 
 def predict_with_tta(model: OnnxSegmenter, batch: np.ndarray, tta: str = "none") -> np.ndarray:

@@ -141,7 +141,7 @@ def decode_upright(image: Image.Image) -> Image.Image:
 
 def load_image_bytes(data: bytes, max_pixels: int) -> LoadedImage:
     """Decode a PNG or JPEG upload into a :class:`LoadedImage` (empty files are refused by
-    :func:`app.pipeline.inputs.decode_upload`, before the format is known)."""
+    :func:`app.pipeline.inputs.parse_upload`, before the format is known)."""
     with open_image(data) as image:
         if image.format not in SUPPORTED_FORMATS:
             raise PipelineError(Problem.UNSUPPORTED, "unsupported_format",

@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from app.pipeline.judge import Judgement
+
 #: Lung field decision threshold (the lung head is not user-tunable).
 LUNG_THRESHOLD = 0.5
 #: Connectivity of infection regions: 8 neighbours.
@@ -89,6 +91,7 @@ class Segmentation:
     lung_mask: np.ndarray  # bool (H, W)
     threshold: float
     region_peak_threshold: float = 0.0
+    judgement: Judgement | None = None  # the judge step's figures (the image was accepted)
 
     def infection_probability(self) -> np.ndarray:
         """float32 (H, W) in [0, 1]: the infection probability at the image's size, resized when asked

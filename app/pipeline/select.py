@@ -3,12 +3,17 @@
 The model was trained on frontal chest radiographs for presentation; a knee, a lateral view or
 a raw detector image ("FOR PROCESSING") would get a meaningless result, so they are skipped
 with the reason (the node, the bridge) or refused (the HTTP service, :func:`check_selected`),
-never segmented.
+never segmented. They read the header only: the HTTP service and the batch job judge a DICOM before
+its pixels are decoded, the node when it is received, the bridge before it is downloaded.
+
+Values are compared stripped and upper-cased: a Code String is upper case, and its leading and trailing
+spaces are not significant (PS3.5 6.2), but modalities write ``chest`` and pad values with spaces.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pydicom
@@ -17,7 +22,12 @@ from app.pipeline.errors import PipelineError, Problem
 
 #: The defaults of the selection (and so of ``COVIDSEG_SELECT_*``): frontal chest radiographs.
 CHEST_XRAY_MODALITIES = ("CR", "DX")
-CHEST_BODY_PARTS = ("CHEST", "")  # "" admits instances without BodyPartExamined
+#: CHEST and THORAX are both Defined Terms of Body Part Examined for the same region (PS3.16 Annex L maps
+#: both to SNOMED CT 43799004), and modalities write either; "" admits instances without the attribute
+#: (Type 3, often left empty). Other terms of the chest region (LUNG, CHESTABDOMEN, TSPINE, RIB...) name
+#: other examinations than the frontal chest radiograph the model was trained on; a site whose modalities
+#: write a local term (TORAX, PORT CHEST) adds it to COVIDSEG_SELECT_BODY_PARTS. README, "DICOM".
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "")
 FRONTAL_VIEWS = ("PA", "AP", "")  # "" admits instances without ViewPosition
 #: The code of the service's refusal.
 NOT_SELECTED = "not_selected"
@@ -68,9 +78,8 @@ class SelectionRules:
 
     @classmethod
     def from_settings(cls, settings) -> "SelectionRules":
-        upper = lambda values: tuple(v.upper() for v in values)  # noqa: E731
-        return cls(upper(settings.select_modalities), upper(settings.select_body_parts),
-                   upper(settings.select_views), settings.select_for_processing)
+        return cls(code_values(settings.select_modalities), code_values(settings.select_body_parts),
+                   code_values(settings.select_views), settings.select_for_processing)
 
     def unmet(self, ds: pydicom.Dataset) -> Unmet | None:
         """The first rule ``ds`` fails, or None when it is selected."""
@@ -78,10 +87,10 @@ class SelectionRules:
                   ("BodyPartExamined", self.body_parts, "COVIDSEG_SELECT_BODY_PARTS", "body part"),
                   ("ViewPosition", self.views, "COVIDSEG_SELECT_VIEWS", "view"))
         for keyword, admitted, setting, noun in checks:
-            value = str(ds.get(keyword, "")).upper()
+            value = code_value(ds.get(keyword, ""))
             if value not in admitted:
                 return Unmet(keyword, value, setting, admitted, noun)
-        intent = str(ds.get("PresentationIntentType", "")).upper()
+        intent = code_value(ds.get("PresentationIntentType", ""))
         if intent == "FOR PROCESSING" and not self.for_processing:
             return Unmet("PresentationIntentType", intent, "COVIDSEG_SELECT_FOR_PROCESSING", (), "intent")
         return None
@@ -90,6 +99,15 @@ class SelectionRules:
         """Why ``ds`` is not segmented, or None when it is selected. The reason names no identifier."""
         unmet = self.unmet(ds)
         return None if unmet is None else unmet.reason()
+
+
+def code_value(value: object) -> str:
+    """A Code String as compared: without its padding, upper case (``'chest '`` is ``CHEST``)."""
+    return str(value if value is not None else "").strip().upper()
+
+
+def code_values(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(code_value(v) for v in values)
 
 
 def check_selected(rules: SelectionRules, ds: pydicom.Dataset) -> None:

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 import anyio
 import numpy as np
 
+from app.pipeline.infer import ModelOutputs
 
-def run_in_chunks(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, max_batch: int) -> np.ndarray:
+
+def run_in_chunks(predict: Callable[[np.ndarray], ModelOutputs], batch: np.ndarray, max_batch: int) -> ModelOutputs:
     """``predict`` over ``batch`` in runs of at most ``max_batch`` images (the largest run bounds memory)."""
     if len(batch) <= max_batch:  # one run: its output as it is, not a copy
         return predict(batch)
-    return np.concatenate([predict(batch[i:i + max_batch]) for i in range(0, len(batch), max_batch)])
+    return ModelOutputs.concat([predict(batch[i:i + max_batch]) for i in range(0, len(batch), max_batch)])
 
 
 @dataclass
@@ -33,7 +35,7 @@ class _Waiting:
 
 
 class MicroBatcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float,
+    def __init__(self, predict: Callable[[np.ndarray], ModelOutputs], max_batch: int, max_wait: float,
                  limiter: Callable[[], anyio.CapacityLimiter],
                  on_run: Callable[[int, float], None] | None = None,
                  on_wait: Callable[[float], None] | None = None):
@@ -43,8 +45,8 @@ class MicroBatcher:
         self.arrived: asyncio.Event | None = None
         self.worker: asyncio.Task | None = None
 
-    async def run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for ``batch``, run alone or with other requests' images."""
+    async def run(self, batch: np.ndarray) -> ModelOutputs:
+        """The model's outputs for ``batch``, run alone or with other requests' images."""
         if self.max_wait <= 0 or len(batch) >= self.max_batch:
             return await self._run_in_chunks(batch)
         item = _Waiting(batch, asyncio.get_running_loop().create_future())
@@ -58,14 +60,14 @@ class MicroBatcher:
             self.arrived = asyncio.Event()
             self.worker = asyncio.get_running_loop().create_task(self._gather_and_run())
 
-    async def _run_in_chunks(self, batch: np.ndarray) -> np.ndarray:
+    async def _run_in_chunks(self, batch: np.ndarray) -> ModelOutputs:
         """A request larger than a run: its own runs of at most ``max_batch`` images."""
         if len(batch) <= self.max_batch:  # one run: its output as it is, not a copy
             return await self._infer(batch)
-        return np.concatenate([await self._infer(batch[i:i + self.max_batch])
-                               for i in range(0, len(batch), self.max_batch)])
+        return ModelOutputs.concat([await self._infer(batch[i:i + self.max_batch])
+                                    for i in range(0, len(batch), self.max_batch)])
 
-    async def _infer(self, batch: np.ndarray) -> np.ndarray:
+    async def _infer(self, batch: np.ndarray) -> ModelOutputs:
         t0 = time.perf_counter()
         probs = await anyio.to_thread.run_sync(self.predict, batch, limiter=self.limiter())
         if self.on_run is not None:

@@ -18,7 +18,8 @@ from app.core.metrics import ServiceMetrics
 from app.engine import Engine
 from app.pipeline.dicom.common import ModelRef
 from app.pipeline.errors import PipelineError
-from app.pipeline.infer import OnnxSegmenter
+from app.pipeline.infer import ModelOutputs, OnnxSegmenter
+from app.pipeline.inputs import ParsedInput
 from app.pipeline.load import LoadedImage
 from app.services.batcher import MicroBatcher, run_in_chunks
 from app.services.outputs import Finished, OutputSpec, finish
@@ -31,6 +32,7 @@ class Timings:
     decode: float = 0.0
     preprocess: float = 0.0
     inference: float = 0.0
+    judge: float = 0.0
     postprocess: float = 0.0
 
     @contextmanager
@@ -56,6 +58,17 @@ class Upload:
     filename: str | None = None
     content_type: str | None = None
     index: int | None = None
+
+
+@contextmanager
+def naming_the_file(upload: Upload) -> Iterator[None]:
+    """A refusal of a file in a batch says which file it is."""
+    try:
+        yield
+    except PipelineError as exc:
+        if upload.index is not None:
+            exc.message = f"file {upload.index}: {exc.message}"
+        raise
 
 
 @dataclass
@@ -126,27 +139,27 @@ class SegmentationService:
     def _batcher(self) -> MicroBatcher:
         if self.batcher is None:
             metrics = self.metrics
-            self.batcher = MicroBatcher(lambda batch: self.model.predict(batch), self.microbatch_max, self.microbatch_wait, self._limiter,
+            self.batcher = MicroBatcher(lambda batch: self.model.run(batch), self.microbatch_max, self.microbatch_wait, self._limiter,
                                         on_run=metrics.record_run if metrics else None,
                                         on_wait=metrics.queue_wait.observe if metrics else None)
         return self.batcher
 
-    def decode(self, upload: Upload) -> LoadedImage:
-        """The engine's load step; in a batch, the error says which file."""
-        try:
-            return self.engine.load(upload.data, upload.filename, upload.content_type)
-        except PipelineError as exc:
-            if upload.index is not None:
-                exc.message = f"file {upload.index}: {exc.message}"
-            raise
+    def decode(self, upload: Upload, spec: OutputSpec) -> LoadedImage:
+        """The engine's load, select and decode steps: a DICOM the rules leave out is refused from its header,
+        before its pixels cost a decoding; in a batch, the error says which file."""
+        with naming_the_file(upload):
+            parsed = self.engine.load(upload.data, upload.filename, upload.content_type)
+        self.check_selected(parsed, upload, spec)
+        with naming_the_file(upload):
+            return self.engine.decode(parsed)
 
-    def check_selected(self, loaded: LoadedImage, upload: Upload, spec: OutputSpec) -> None:
+    def check_selected(self, parsed: ParsedInput, upload: Upload, spec: OutputSpec) -> None:
         """The engine's select step (a DICOM that the node and the bridge would leave out, a knee or a lateral
         view, is refused), unless the request said ``selection=ignore``; the refusal says how to get past it."""
         if not spec.apply_selection:
             return
         try:
-            self.engine.select(loaded)
+            self.engine.select(parsed)
         except PipelineError as exc:
             which = "" if upload.index is None else f"file {upload.index}: "
             exc.message = f"{which}{exc.message}; selection=ignore segments it anyway (research use)"
@@ -154,22 +167,30 @@ class SegmentationService:
 
     def prepare(self, uploads: list[Upload], spec: OutputSpec,
                 timings: Timings) -> tuple[list[LoadedImage], np.ndarray]:
-        """Decode and check every upload, then the model's input for all of them (with its mirrors for ``flip``)."""
+        """Read (load, select, decode) and check every upload, then the model's input for all of them (with its
+        mirrors for ``flip``)."""
         loaded = []
         for upload in uploads:
             with timings.step("decode"):
-                loaded.append(self.decode(upload))
+                loaded.append(self.decode(upload, spec))
             spec.check_input(loaded[-1])
-            self.check_selected(loaded[-1], upload, spec)
         with timings.step("preprocess"):
             batch = self.engine.expand(self.engine.preprocess(loaded), spec.tta)
         return loaded, batch
 
-    def complete(self, outputs: np.ndarray, loaded: list[LoadedImage], spec: OutputSpec,
-                 timings: Timings) -> list[Finished]:
-        """From the model's outputs to every image's finished answer: masks, measurements, PNG or DICOM."""
+    def complete(self, outputs: ModelOutputs, batch: np.ndarray, uploads: list[Upload], loaded: list[LoadedImage],
+                 spec: OutputSpec, timings: Timings) -> list[Finished]:
+        """From the model's outputs to every image's finished answer: the judgement (a refusal for an image the
+        model cannot read: no result is made), masks, measurements, PNG or DICOM."""
+        with timings.step("judge"):
+            outputs = self.engine.merge(outputs, spec.tta)
+            judgements = self.engine.judge(batch[:len(loaded)], outputs, loaded, run=self.run_model)
+        for upload, judgement in zip(uploads, judgements):
+            if judgement.refusal is not None:
+                with naming_the_file(upload):
+                    raise judgement.refusal
         with timings.step("postprocess"):
-            segs = self.engine.postprocess(self.engine.merge(outputs, spec.tta), loaded, spec.threshold)
+            segs = self.engine.postprocess(outputs.probabilities, loaded, spec.threshold, judgements)
             return [finish(self.engine.results(s, im), spec, i) for i, (s, im) in enumerate(zip(segs, loaded))]
 
     def _model_slots(self) -> threading.Semaphore:
@@ -177,15 +198,15 @@ class SegmentationService:
             self.model_slots = threading.BoundedSemaphore(self.inference_concurrency)
         return self.model_slots
 
-    def run_model(self, batch: np.ndarray) -> np.ndarray:
+    def run_model(self, batch: np.ndarray) -> ModelOutputs:
         """The model's outputs in the calling thread, in runs of at most ``microbatch_max`` images (as the
         batcher would), each once one of the ``inference_concurrency`` slots is free."""
         return run_in_chunks(self._one_run, batch, self.microbatch_max)
 
-    def _one_run(self, batch: np.ndarray) -> np.ndarray:
+    def _one_run(self, batch: np.ndarray) -> ModelOutputs:
         with self._model_slots():
             t0 = time.perf_counter()
-            outputs = self.model.predict(batch)
+            outputs = self.model.run(batch)
             seconds = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.record_run(len(batch), seconds)
@@ -197,7 +218,7 @@ class SegmentationService:
         t0 = time.perf_counter()
         outputs = self.run_model(batch)
         timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for a free slot included
-        return self.complete(outputs, loaded, spec, timings)
+        return self.complete(outputs, batch, uploads, loaded, spec, timings)
 
     async def process(self, uploads: list[Upload], spec: OutputSpec, timings: Timings) -> list[Finished]:
         """Decode, segment (one model run) and finish every upload as ``spec`` asks.
@@ -208,11 +229,12 @@ class SegmentationService:
         to the finished answer, model run included. With micro-batching the model run is the batcher's, on
         the event loop, between a hand-off to prepare and one to complete."""
         full_size = self._full_size()
+        self._model_slots()  # on the event loop: the judge step's second run takes a slot from a worker thread
         if self.microbatch_wait <= 0:
-            self._model_slots()
             return await anyio.to_thread.run_sync(self.process_alone, uploads, spec, timings, limiter=full_size)
         loaded, batch = await anyio.to_thread.run_sync(self.prepare, uploads, spec, timings, limiter=full_size)
         t0 = time.perf_counter()
         outputs = await self._batcher().run(batch)
         timings.inference += 1000 * (time.perf_counter() - t0)  # waiting for company included
-        return await anyio.to_thread.run_sync(self.complete, outputs, loaded, spec, timings, limiter=full_size)
+        return await anyio.to_thread.run_sync(self.complete, outputs, batch, uploads, loaded, spec, timings,
+                                              limiter=full_size)

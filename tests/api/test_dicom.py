@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from tests.conftest import fixture_images
-from tests.dicom_fixtures import make_cxr_dicom, read, rle_overrunning_the_frame
+from tests.dicom_fixtures import make_cxr_dicom, read, rle_overrunning_the_frame, with_lut_shape, without_file_meta
 
 COVID = fixture_images("Val", "COVID-19")[0]
 
@@ -148,3 +148,50 @@ def test_batch_accepts_dicom(service_client):
     assert r.status_code == 200
     a, b = r.json()["results"]
     assert a["image"]["format"] == "DICOM" and "dicom" in a and "dicom" not in b
+
+
+FIGURES = ("ppar", "infection_pixels", "lung_pixels", "infected_lung_share", "severity")
+
+
+def figures(r) -> dict:
+    assert r.status_code == 200, r.text
+    return {k: r.json()[k] for k in FIGURES}
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit", "explicit"])
+def test_a_dicom_without_file_meta_gets_the_answer_of_the_file_with_it(service_client, implicit_vr):
+    """As gateways and archives keep them: no preamble, no 'DICM', no File Meta; named and typed as nothing
+    in particular, so it is recognised by its content."""
+    client, _ = service_client
+    part10 = make_cxr_dicom(COVID, photometric="MONOCHROME1", bits=14, window=False)
+    bare = without_file_meta(part10, implicit_vr)
+    got = post(client, bare, "?threshold=0.4", name="IM000001", content_type="application/octet-stream")
+    want = post(client, part10, "?threshold=0.4")
+    assert figures(got) == figures(want) and want.json()["infection_pixels"] > 0
+    assert got.json()["dicom"] == want.json()["dicom"] and got.json()["image"]["format"] == "DICOM"
+    seg = post(client, bare, "?format=dicom-seg&threshold=0.4", name="IM000001", content_type="")
+    assert seg.status_code == 200, seg.text
+    assert seg.content == post(client, part10, "?format=dicom-seg&threshold=0.4").content  # the same object
+
+
+def test_compressed_pixels_without_file_meta_are_a_415(service_client):
+    ds = read(make_cxr_dicom(COVID, compress=RLELossless))
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    r = post(service_client[0], buf.getvalue(), name="IM000002", content_type="application/octet-stream")
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_transfer_syntax", r.text
+
+
+def test_presentation_lut_shape_inverse_is_applied_once(service_client):
+    """MONOCHROME2 pixels stored inverted with INVERSE read as the plain image; MONOCHROME1 with INVERSE
+    (as the DX IOD pairs them) as MONOCHROME1 alone, not inverted twice."""
+    client, _ = service_client
+    plain = figures(post(client, make_cxr_dicom(COVID, modality="DX"), "?threshold=0.4"))
+    stored_inverted = make_cxr_dicom(COVID, modality="DX", photometric="MONOCHROME1")
+    inverse = post(client, with_lut_shape(stored_inverted, "INVERSE", "MONOCHROME2"), "?threshold=0.4")
+    assert figures(inverse) == plain and plain["infection_pixels"] > 0
+    mono1 = figures(post(client, stored_inverted, "?threshold=0.4"))
+    assert mono1 == plain
+    assert figures(post(client, with_lut_shape(stored_inverted, "INVERSE"), "?threshold=0.4")) == mono1

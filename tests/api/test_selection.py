@@ -5,6 +5,7 @@ setting, unless the request says selection=ignore; chest images and PNG/JPEG inp
 from __future__ import annotations
 
 import io
+import warnings
 
 import pydicom
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from app.pipeline.errors import PipelineError
 from app.pipeline.select import SelectionRules, check_selected
 from tests.conftest import fixture_images, make_client
-from tests.dicom_fixtures import make_cxr_dicom, read
+from tests.dicom_fixtures import make_cxr_dicom, mammogram, read, with_garbage_frame
 
 COVID = fixture_images("Val", "COVID-19")[0]
 SECRET_NAME, SECRET_ID = "SECRET^PATIENT", "PID-SECRET-77"
@@ -43,7 +44,7 @@ def assert_refused(r, data: bytes, *named: str) -> str:
 def test_a_knee_cr_is_refused_naming_the_attribute(service_client):
     data = dicom(body_part="KNEE")
     detail = assert_refused(post(service_client[0], data), data, "BodyPartExamined KNEE",
-                            "COVIDSEG_SELECT_BODY_PARTS (CHEST, absent)")
+                            "COVIDSEG_SELECT_BODY_PARTS (CHEST, THORAX, absent)")
     assert detail.startswith("not segmented: BodyPartExamined KNEE is not among")
 
 
@@ -95,6 +96,34 @@ def test_a_batch_with_one_knee_names_its_index(service_client):
     assert [res["index"] for res in r.json()["results"]] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("body_part", ["THORAX", "chest ", " Chest", "Thorax"])
+def test_the_chest_as_modalities_write_it_is_segmented(service_client, body_part):
+    """THORAX (PS3.16 Annex L's other term for the chest), and CHEST in lower case or padded with spaces."""
+    client = service_client[0]
+    with warnings.catch_warnings():  # pydicom warns of a lower-case Code String, which is what is tested
+        warnings.simplefilter("ignore")
+        data = dicom(body_part=body_part)
+    assert read(data).BodyPartExamined.strip() == body_part.strip()
+    r = post(client, data, "threshold=0.4")
+    assert r.status_code == 200, r.text
+    chest = post(client, dicom(), "threshold=0.4").json()
+    assert {k: r.json()[k] for k in FIGURES} == {k: chest[k] for k in FIGURES}
+
+
+def test_a_mammogram_with_damaged_pixels_is_refused_by_its_header_not_decoded(service_client):
+    """Judged before any pixel is decoded: the header says MG, so its pixel data (noise no decoder reads)
+    costs nothing and the refusal is the rule's, not a corrupt file's."""
+    client = service_client[0]
+    data = with_garbage_frame(mammogram(COVID, compress="jpeg-baseline", patient_name=SECRET_NAME,
+                                        patient_id=SECRET_ID))
+    assert_refused(post(client, data), data, "Modality MG", "COVIDSEG_SELECT_MODALITIES (CR, DX)")
+    r = post(client, data, "selection=ignore")  # decoded only when asked to segment it anyway
+    assert r.status_code == 400 and r.json()["code"] == "corrupt_dicom", r.text
+    batch = client.post("/segment/batch", files=[("files", ("a.dcm", dicom(), "application/dicom")),
+                                                 ("files", ("b.dcm", data, "application/dicom"))])
+    assert batch.status_code == 422 and batch.json()["detail"].startswith("file 1: not segmented: Modality MG")
+
+
 def test_a_bad_selection_value_is_a_422(service_client):
     r = post(service_client[0], dicom(), "selection=skip")
     assert r.status_code == 422 and r.json()["code"] == "invalid_parameter"
@@ -132,8 +161,9 @@ def header(**attributes) -> pydicom.Dataset:
      "modality MR is not one of CR, DX"),
     ({"Modality": ""}, "Modality (absent or empty) is not among COVIDSEG_SELECT_MODALITIES (CR, DX)",
      "modality (none) is not one of CR, DX"),
-    ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not among COVIDSEG_SELECT_BODY_PARTS (CHEST, absent)",
-     "body part KNEE is not one of CHEST, (none)"),
+    ({"BodyPartExamined": "KNEE"},
+     "BodyPartExamined KNEE is not among COVIDSEG_SELECT_BODY_PARTS (CHEST, THORAX, absent)",
+     "body part KNEE is not one of CHEST, THORAX, (none)"),
     ({"ViewPosition": "LL"}, "ViewPosition LL is not among COVIDSEG_SELECT_VIEWS (PA, AP, absent)",
      "view LL is not one of PA, AP, (none)"),
     ({"Modality": "DX", "PresentationIntentType": "FOR PROCESSING"},
@@ -159,3 +189,23 @@ def test_free_text_in_a_code_string_is_not_echoed():
         check_selected(SelectionRules(), header(BodyPartExamined="DOE^JANE 19610203"))
     assert "DOE" not in caught.value.message and "19610203" not in caught.value.message
     assert "BodyPartExamined (a value that is not a code string)" in caught.value.message
+
+
+def test_values_are_compared_stripped_and_upper_cased():
+    rules = SelectionRules()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lower case in a Code String
+        for value in ("THORAX", "chest ", " thorax", "Chest"):
+            check_selected(rules, header(BodyPartExamined=value, ViewPosition="pa "))
+        with pytest.raises(PipelineError, match="BodyPartExamined KNEE is not among"):
+            check_selected(rules, header(BodyPartExamined="knee "))
+
+
+def test_the_default_body_parts_are_the_settings_and_the_settings_are_normalised():
+    from app.core.config import Settings
+
+    assert Settings().select_body_parts == ["CHEST", "THORAX", ""]
+    assert SelectionRules.from_settings(Settings()).body_parts == SelectionRules().body_parts
+    rules = SelectionRules.from_settings(Settings(select_body_parts=" chest , port chest,"))
+    assert rules.body_parts == ("CHEST", "PORT CHEST", "")
+    check_selected(rules, header(BodyPartExamined="PORT CHEST"))

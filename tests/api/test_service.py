@@ -122,7 +122,7 @@ def test_json_result_on_a_covid_image(service_client):
     assert body["ppar"] == pytest.approx(body["infection_pixels"] / (256 * 256))
     assert body["lung_fraction"] == pytest.approx(body["lung_pixels"] / (256 * 256))
     assert 0 < body["infected_lung_share"] <= 1 and body["severity"] in {"mild", "moderate", "severe", "critical"}
-    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "postprocess", "total"}
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "judge", "postprocess", "total"}
     assert "mask_png_base64" not in body
 
 
@@ -374,7 +374,7 @@ def test_uploads_are_never_spooled_to_disk(service_client, monkeypatch):
     data = png_bytes(Image.fromarray(noise))
     assert len(data) > 1024 * 1024  # over Starlette's default 1 MB spool size
     r = post(service_client[0], data)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 422 and r.json()["code"] == "not_a_chest_radiograph", r.text  # read in memory, judged
 
 
 def test_logs_carry_no_filenames(service_client, caplog):
@@ -388,13 +388,13 @@ def test_health_answers_while_inference_is_busy():
     release = threading.Event()
     with make_client() as client:
         service = client.app.state.service
-        original = service.model.predict
+        original = service.model.run
 
         def slow(batch):
             release.wait(10)
             return original(batch)
 
-        service.model.predict = slow
+        service.model.run = slow
 
         async def scenario():
             transport = httpx.ASGITransport(app=client.app)
@@ -410,7 +410,7 @@ def test_health_answers_while_inference_is_busy():
                 return health, ready, waited, await busy
 
         health, ready, waited, busy = asyncio.run(scenario())
-        service.model.predict = original
+        service.model.run = original
     assert health.status_code == 200 and ready.status_code == 200 and waited < 2
     assert busy.status_code == 200
 

@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from playwright import (
     sync_api as playwright,  # drives Debian chromium: no browser download
 )
 
 from tests.conftest import ROOT, fixture_images
+from tests.nonchest import png_bytes as png_of
 from tests.dicom_fixtures import make_cxr_dicom
 from tests.servers import service
 
@@ -170,7 +173,9 @@ def test_a_dicom_shows_the_api_figures_and_offers_its_dicom_results(browser, url
 
 
 @pytest.mark.parametrize("name, data", [("notes.txt", b"not an image, a note\n" * 20),
-                                        ("cut.png", COVID.read_bytes()[:300])])
+                                        ("cut.png", COVID.read_bytes()[:300]),
+                                        ("blank.png", png_of(np.full((512, 512), 255, np.uint8))),
+                                        ("turned.png", png_of(np.rot90(np.asarray(Image.open(COVID).convert("L")))))])
 def test_a_bad_file_shows_the_api_message(browser, url, tmp_path, name, data):
     path = tmp_path / name
     path.write_bytes(data)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
@@ -25,8 +27,9 @@ import pytest
 import ray  # noqa: F401  (the batch extra, which the README's test command installs)
 
 from app.pipeline.dicom.common import result_uid
-from tests.conftest import ROOT, fixture_images, model_under_test
-from tests.dicom_fixtures import make_cxr_dicom
+from tests.conftest import ROOT, fixture_images, model_under_test, read_gray
+from tests.nonchest import png_bytes
+from tests.dicom_fixtures import make_cxr_dicom, mammogram, with_garbage_frame, without_file_meta
 from tests.servers import free_port, orthanc
 
 PATIENT = {"patient_name": "BATCH^SECRET", "patient_id": "PID-SECRET-42"}
@@ -81,7 +84,8 @@ def served(client, data: bytes, name: str, threshold: float | None = None) -> di
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     """A folder as an archive holds it: PNGs, modality-like DICOMs (a 2048 px MONOCHROME1 JPEG-LS CR,
-    a DX), a knee and a lateral CR, a cut PNG, a text file, in subfolders."""
+    a DX, a CR kept without File Meta and named without extension), a knee and a lateral CR, a mammogram
+    whose pixel data no decoder reads, a cut PNG, a text file, in subfolders."""
     root = tmp_path_factory.mktemp("archive")
     (root / "png").mkdir()
     (root / "dicom" / "2026").mkdir(parents=True)
@@ -93,10 +97,16 @@ def archive(tmp_path_factory) -> Path:
         "dx.dcm": make_cxr_dicom(COVID[1], modality="DX", **PATIENT),
         "knee.dcm": make_cxr_dicom(NORMAL[0], body_part="KNEE", **PATIENT),
         "lateral.dcm": make_cxr_dicom(NORMAL[1], view="LL", **PATIENT),
+        "IM000001": without_file_meta(make_cxr_dicom(NORMAL[0], photometric="MONOCHROME1", **PATIENT)),
+        "mammo.dcm": with_garbage_frame(mammogram(NORMAL[1], compress="jpeg-baseline", **PATIENT)),
     }
     for name, data in dicoms.items():
         (root / "dicom" / "2026" / name).write_bytes(data)
     (root / "png" / "cut.png").write_bytes(COVID[0].read_bytes()[:400])
+    # pictures the model cannot judge: a blank one and a chest as a negative
+    (root / "other").mkdir()
+    (root / "other" / "blank.png").write_bytes(png_bytes(np.full((512, 512), 240)))
+    (root / "other" / "negative.png").write_bytes(png_bytes(255 - read_gray(COVID[1])))
     (root / "notes.txt").write_text("not an image\n")
     return root
 
@@ -111,7 +121,11 @@ def test_a_folder_on_the_cluster_gives_the_service_figures_and_a_rerun_adds_noth
     by_name = {Path(s).name: r for s, r in rows.items()}
     assert {n: (r["status"], r["error_code"]) for n, r in by_name.items() if r["status"] != "ok"} == {
         "cut.png": ("failed", "corrupt_image"), "notes.txt": ("failed", "not_an_image"),
-        "knee.dcm": ("skipped", "not_selected"), "lateral.dcm": ("skipped", "not_selected")}
+        "knee.dcm": ("skipped", "not_selected"), "lateral.dcm": ("skipped", "not_selected"),
+        "mammo.dcm": ("skipped", "not_selected"),  # judged by its header: its pixels were never decoded
+        "blank.png": ("refused", "no_contrast"), "negative.png": ("refused", "appears_inverted")}
+    assert by_name["blank.png"]["ppar"] is None and by_name["blank.png"]["severity"] is None
+    assert by_name["IM000001"]["status"] == "ok" and by_name["IM000001"]["sop_instance_uid"]
     client, _ = service_client
     for source, row in rows.items():
         if row["status"] == "ok":
@@ -128,7 +142,7 @@ def test_a_folder_on_the_cluster_gives_the_service_figures_and_a_rerun_adds_noth
     parts = sorted((out / "results").iterdir())
     again = run_batch(str(archive), "--out", str(out), "--ray-address", ray_cluster, log=tmp_path / "again.log")
     assert sorted((out / "results").iterdir()) == parts  # nothing added, nothing rewritten
-    assert "added by this run            0" in again.stdout
+    assert re.search(r"^added by this run +0$", again.stdout, re.M), again.stdout
     assert (out / "ppar_distribution.png").stat().st_size > 0 and (out / "severity_histogram.png").exists()
     # No patient identifier in the table, the outputs of the job or Ray's own logs of it.
     table_bytes = b"".join(p.read_bytes() for p in (out / "results").iterdir())

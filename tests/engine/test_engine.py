@@ -29,8 +29,7 @@ def cxr() -> bytes:
 
 def fields_of(engine: Engine, data: bytes, threshold: float | None = None, tta: str | None = None,
               include=frozenset()) -> dict:
-    loaded = engine.load(data)
-    engine.select(loaded)
+    loaded = engine.read(data)  # load -> select -> decode
     return engine.results(engine.segment([loaded], threshold, tta)[0], loaded).fields(include)
 
 
@@ -48,7 +47,7 @@ def test_pngs_and_dicom_results_are_the_services(service_client, engine, cxr):
     from app.engine import PngOutput
 
     client, _ = service_client
-    loaded = engine.load(cxr)
+    loaded = engine.read(cxr)
     results = engine.results(engine.segment([loaded])[0], loaded)
     for kind in ("seg", "sc", "sr"):
         answer = client.post(f"/segment?format=dicom-{kind}", files={"file": ("a.dcm", cxr)})
@@ -79,9 +78,32 @@ def test_without_a_card_the_fallback_threshold_and_every_region(engine):
 def test_a_region_rule_override_reaches_the_masks(engine):
     """Evaluation's --region-peak-threshold: the engine's postprocess applies it instead of the card's."""
     assert engine.region_peak_threshold > 0.25  # the shipped card has a rule
-    loaded = engine.load(COVID[0].read_bytes())
+    loaded = engine.read(COVID[0].read_bytes())
     every = Engine(model=engine.model, card=engine.card, region_peak_override=0.0)
     ruled, kept = engine.segment([loaded], 0.25)[0], every.segment([loaded], 0.25)[0]
     assert kept.region_peak_threshold == 0.0 and ruled.region_peak_threshold == engine.card.region_peak_threshold
     assert kept.infection_pixels >= ruled.infection_pixels
     assert not (ruled.infection_mask & ~kept.infection_mask).any()  # the rule only removes regions
+
+
+def test_a_dicom_is_selected_from_its_header_before_its_pixels_are_decoded(engine):
+    """load gives the parsed header (the pixel data still encoded), select judges it, decode decodes it: a
+    mammogram whose pixel data no decoder reads is refused by the rules, and only decoding it fails."""
+    from app.pipeline.errors import PipelineError
+    from app.pipeline.inputs import ParsedInput
+    from tests.dicom_fixtures import mammogram, with_garbage_frame
+
+    parsed = engine.load(with_garbage_frame(mammogram(COVID[0], compress="jpeg-baseline")))
+    assert isinstance(parsed, ParsedInput) and parsed.is_dicom and parsed.dataset.Modality == "MG"
+    with pytest.raises(PipelineError) as refused:
+        engine.select(parsed)
+    assert refused.value.code == "not_selected"
+    with pytest.raises(PipelineError) as corrupt:
+        engine.decode(parsed)
+    assert corrupt.value.code == "corrupt_dicom"
+    with pytest.raises(PipelineError) as read:
+        engine.read(with_garbage_frame(mammogram(COVID[0], compress="jpeg-baseline")))
+    assert read.value.code == "not_selected"
+    png = engine.load(COVID[0].read_bytes())
+    engine.select(png)  # PNG and JPEG carry no attributes to judge
+    assert not png.is_dicom and engine.decode(png).format == "PNG"

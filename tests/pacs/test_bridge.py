@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from app.pacs.__main__ import main as bridge_main
@@ -151,7 +153,7 @@ def test_dicomweb_with_the_state_file_lost_adds_nothing_and_skips_non_chest(pacs
     state = tmp_path / "state.json"
     assert run_bridge(where, live_service, state, "--study", study) == 0
     out = capsys.readouterr().out
-    assert table_count(out, "results stored now") == 6 and table_count(out, "skipped (selection rules)") == 2
+    assert table_count(out, "results stored now") == 6 and table_count(out, "skipped (selection rules, judgement)") == 2
     expected = sorted(read(d).SOPInstanceUID for d in chest)
     assert results_in(rest, study) == {m: expected for m in RESULT_MODALITIES}
     skipped = json.loads(state.read_text())["skipped"]
@@ -285,7 +287,7 @@ def test_a_knee_or_a_lateral_view_is_skipped_without_its_file_being_downloaded(p
         assert run_bridge(where, live_service, state, "--study", study, "--outputs", "seg") == 0
     assert files_fetched(http_requests, ids) == [read(chest).SOPInstanceUID]
     out = capsys.readouterr().out
-    assert table_count(out, "images downloaded") == 1 and table_count(out, "skipped (selection rules)") == 2
+    assert table_count(out, "images downloaded") == 1 and table_count(out, "skipped (selection rules, judgement)") == 2
     skipped = json.loads(state.read_text())["skipped"]
     assert "body part KNEE" in skipped[read(knee).SOPInstanceUID] and "view LL" in skipped[read(lateral).SOPInstanceUID]
     assert "skipped an instance before download: body part KNEE" in caplog.text
@@ -354,3 +356,27 @@ def test_each_instance_is_one_request_and_one_model_run_and_stores_what_each_for
                                files={"file": ("image.dcm", data, "application/dicom")})
             assert alone.status_code == 200
             assert stored[(read(data).SOPInstanceUID, modality)] == alone.content, kind
+
+
+def test_an_instance_the_model_cannot_judge_is_recorded_as_skipped_and_nothing_is_stored(pacs, live_service,
+                                                                                        tmp_path, capsys):
+    rest, _ = pacs
+    study = generate_uid()
+    blank_png = tmp_path / "blank.png"
+    Image.fromarray(np.full((256, 256), 90, np.uint8)).save(blank_png)
+    blank = make_cxr_dicom(blank_png, "CR", study_uid=study, size=1024)
+    good = make_cxr_dicom(COVID[1], "DX", study_uid=study)
+    for data in (blank, good):
+        upload(rest, data)
+    before = count(rest)
+    state = tmp_path / "state.json"
+    assert run_bridge(["--orthanc-url", rest], live_service, state, "--study", study) == 0
+    out = capsys.readouterr().out
+    assert table_count(out, "skipped (selection rules, judgement)") == 1
+    saved = json.loads(state.read_text())
+    assert saved["skipped"][read(blank).SOPInstanceUID].startswith("no_contrast: ")
+    assert read(blank).SOPInstanceUID not in saved.get("failed", {})
+    assert results_in(rest, study)["SEG"] == [read(good).SOPInstanceUID]  # nothing stored for the blank one
+    assert count(rest) == before + 3
+    assert run_bridge(["--orthanc-url", rest], live_service, state, "--study", study) == 0  # a rerun: nothing
+    assert count(rest) == before + 3

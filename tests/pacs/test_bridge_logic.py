@@ -111,7 +111,7 @@ def test_a_lost_state_counts_what_the_pacs_holds_not_as_stored(tmp_path: Path, s
     rows = (line.rsplit(None, 1) for line in again.table().splitlines())
     assert {name.strip(): int(count) for name, count in rows} == {
         "instances found (selected modalities)": 2, "already done (state file)": 0, "results stored now": 0,
-        "results already in the PACS": 6, "skipped (selection rules)": 0, "images downloaded": 0,
+        "results already in the PACS": 6, "skipped (selection rules, judgement)": 0, "images downloaded": 0,
         "failed (skipped)": 0, "pending (retry next run)": 0}
     assert len(pacs.downloads) == 2  # by the first run only: the PACS held every result the second wanted
 

@@ -10,14 +10,24 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from app.pipeline.dicom.read import load_dicom_bytes, looks_like_dicom
 from app.pipeline.errors import PipelineError, Problem
 from tests.conftest import fixture_images, read_gray
-from tests.dicom_fixtures import img2dcm, make_colour_dicom, make_cxr_dicom, make_palette_dicom, read, tinted
+from tests.dicom_fixtures import (
+    img2dcm,
+    make_colour_dicom,
+    make_cxr_dicom,
+    make_palette_dicom,
+    read,
+    tinted,
+    with_lut_shape,
+    without_file_meta,
+)
 
 COVID = fixture_images("Val", "COVID-19")[0]
 THRESHOLD = 0.4
@@ -100,7 +110,9 @@ def test_other_interpretations_are_refused_with_415(service_client, photometric:
     ds.PhotometricInterpretation = photometric
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    r = service_client[0].post("/segment", files={"file": ("x.dcm", buf.getvalue(), "application/dicom")})
+    # a Secondary Capture (OT): the rules, judged first, would refuse it; this is about reading it
+    r = service_client[0].post("/segment?selection=ignore",
+                               files={"file": ("x.dcm", buf.getvalue(), "application/dicom")})
     assert r.status_code == 415, r.text
     body = r.json()
     assert body["code"] == "unsupported_mode"
@@ -113,7 +125,8 @@ def test_palette_without_its_lookup_tables_is_a_400(service_client):
     del ds.RedPaletteColorLookupTableData
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    r = service_client[0].post("/segment", files={"file": ("x.dcm", buf.getvalue(), "application/dicom")})
+    r = service_client[0].post("/segment?selection=ignore",
+                               files={"file": ("x.dcm", buf.getvalue(), "application/dicom")})
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "corrupt_dicom"
 
@@ -164,3 +177,66 @@ def test_multi_frame_and_no_pixel_data_are_refused():
     with pytest.raises(PipelineError) as err:
         load_dicom_bytes(buf.getvalue(), 10 ** 8)
     assert err.value.problem is Problem.INVALID and err.value.code == "no_pixel_data"
+
+
+# ---------------------------------------------------------------- DICOM without File Meta
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit", "explicit"])
+def test_a_dataset_without_file_meta_is_recognised_by_content_and_read_as_the_file(implicit_vr: bool):
+    part10 = make_cxr_dicom(COVID, photometric="MONOCHROME1")
+    bare = without_file_meta(part10, implicit_vr)
+    assert bare[128:132] != b"DICM" and not bare.startswith(b"\0" * 8)  # no preamble, no marker
+    assert looks_like_dicom(bare) and looks_like_dicom(bare, "IM000001", "application/octet-stream")
+    loaded, reference = load_dicom_bytes(bare, 10 ** 8), load_dicom_bytes(part10, 10 ** 8)
+    assert np.array_equal(loaded.gray, reference.gray) and loaded.dicom.uids() == reference.dicom.uids()
+    syntax = loaded.dicom.dataset.file_meta.TransferSyntaxUID  # as pydicom parsed it, for the decoders
+    assert syntax == (ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian)
+
+
+def test_file_meta_without_the_preamble_is_recognised():
+    ds = read(make_cxr_dicom(COVID))
+    ds.preamble = None  # the File Meta group first, no 128 bytes and no 'DICM' before it
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False)
+    data = buf.getvalue()
+    assert data[:2] == b"\x02\x00" and looks_like_dicom(data)
+    assert load_dicom_bytes(data, 10 ** 8).gray.shape == (256, 256)
+
+
+def test_what_is_not_a_dataset_is_not_taken_for_one():
+    jpeg = io.BytesIO()
+    Image.open(COVID).convert("L").save(jpeg, format="JPEG")
+    bare = without_file_meta(make_cxr_dicom(COVID))
+    for data in (COVID.read_bytes(), jpeg.getvalue(), b"not an image\n", b"\x08\x00\x16\x00", bytes(64),
+                 bare[:20],  # the first element cut short: its length runs past the data
+                 b"\x08\x00\x16\x00UI\xff\x7f" + bytes(16)):  # explicit VR, a length past the data
+        assert not looks_like_dicom(data), data[:16]
+    shuffled = bare[:8 + 26] + b"\x08\x00\x05\x00" + bare[8 + 26 + 4:]  # a second tag below the first
+    assert not looks_like_dicom(shuffled)
+
+
+def test_compressed_pixels_without_file_meta_are_an_unsupported_transfer_syntax():
+    ds = read(make_cxr_dicom(COVID, compress=RLELossless))
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    with pytest.raises(PipelineError) as err:
+        load_dicom_bytes(buf.getvalue(), 10 ** 8)  # parsed, but nothing says which codec made the pixels
+    assert err.value.problem is Problem.UNSUPPORTED and err.value.code == "unsupported_transfer_syntax"
+
+
+# ---------------------------------------------------------------- Presentation LUT Shape
+
+
+def test_inverse_presentation_inverts_monochrome2_and_monochrome1_only_once():
+    plain = load_dicom_bytes(make_cxr_dicom(COVID, bits=8), 10 ** 8).gray
+    stored_inverted = make_cxr_dicom(COVID, photometric="MONOCHROME1", bits=8)  # pixels stored inverted
+    inverse = load_dicom_bytes(with_lut_shape(stored_inverted, "INVERSE", "MONOCHROME2"), 10 ** 8).gray
+    assert np.array_equal(inverse, plain)
+    mono1 = load_dicom_bytes(stored_inverted, 10 ** 8).gray
+    assert np.array_equal(mono1, plain)
+    assert np.array_equal(load_dicom_bytes(with_lut_shape(stored_inverted, "INVERSE"), 10 ** 8).gray, mono1)
+    identity = load_dicom_bytes(with_lut_shape(make_cxr_dicom(COVID, bits=8), "IDENTITY"), 10 ** 8).gray
+    assert np.array_equal(identity, plain)

@@ -10,6 +10,7 @@ import torch
 import training.evaluate as evaluate_module
 import training.validation as validation_module
 from app.pipeline import preprocess as pp
+from app.pipeline.infer import ModelOutputs
 from tests.conftest import FIXTURE_ROOT, fixture_images, read_gray
 from training.data import index_split, load_samples
 from training.dataset import SegmentationDataset
@@ -67,6 +68,9 @@ class Spy(torch.nn.Module):
         self.seen.append(batch.copy())
         return np.zeros((batch.shape[0], 2, *batch.shape[2:]), np.float32)
 
+    def run(self, batch):  # every output, as OnnxSegmenter.run gives them
+        return ModelOutputs(self.predict(batch))
+
 
 def test_training_validation_and_evaluation_feed_the_model_the_same_arrays():
     data = load_samples(index_split(FIXTURE_ROOT, "Val", ["COVID-19", "Normal"]), progress=False)
@@ -96,11 +100,11 @@ def test_service_feeds_the_model_the_same_array(service_client):
     client, service = service_client
     path = fixture_images("Val", "COVID-19")[0]
     seen = []
-    original = service.model.predict
-    service.model.predict = lambda batch: (seen.append(batch.copy()), original(batch))[1]
+    original = service.model.run
+    service.model.run = lambda batch: (seen.append(batch.copy()), original(batch))[1]
     try:
         r = client.post("/segment", files={"file": (path.name, path.read_bytes(), "image/png")})
     finally:
-        service.model.predict = original
+        service.model.run = original
     assert r.status_code == 200
     np.testing.assert_array_equal(seen[0][0], pp.preprocess_image(read_gray(path)))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.pipeline.infer import ModelOutputs
 from app.services.batcher import MicroBatcher
 from tests.conftest import fixture_images, make_client
 
@@ -18,9 +19,10 @@ IMAGES = fixture_images("Val", "COVID-19") + fixture_images("Val", "Normal") + f
 
 
 def recording(sizes: list[int]):
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def predict(batch: np.ndarray) -> ModelOutputs:
         sizes.append(len(batch))
-        return batch * 2  # row by row: each row's answer depends on that row only
+        # row by row: each row's answer (and score) depends on that row only
+        return ModelOutputs(batch * 2, {"feature_distance": batch.sum(axis=1)})
     return predict
 
 
@@ -41,7 +43,8 @@ def test_each_request_gets_its_own_rows_and_runs_stay_within_the_maximum(wait):
     batches = batches_of([1, 2, 1, 3, 1, 1, 6])
     answers = asyncio.run(submit_all(batcher, batches))
     for batch, answer in zip(batches, answers):
-        np.testing.assert_array_equal(answer, batch * 2)
+        np.testing.assert_array_equal(answer.probabilities, batch * 2)
+        np.testing.assert_array_equal(answer.scores["feature_distance"], batch.sum(axis=1))
     assert max(runs) <= 4 and sum(runs) == 15
     if wait == 0:
         assert runs == [1, 2, 1, 3, 1, 1, 4, 2]  # every request alone (the 6 in runs of at most 4)
@@ -56,7 +59,7 @@ def test_a_failing_run_fails_its_requests_and_the_next_ones_still_run():
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("device lost")
-        return batch
+        return ModelOutputs(batch)
 
     limiter = anyio.CapacityLimiter(1)
     batcher = MicroBatcher(predict, max_batch=8, max_wait=0.02, limiter=lambda: limiter)
@@ -67,7 +70,7 @@ def test_a_failing_run_fails_its_requests_and_the_next_ones_still_run():
         return first, second
 
     first, second = asyncio.run(scenario())
-    assert all(isinstance(r, RuntimeError) for r in first) and second.shape == (2, 3)
+    assert all(isinstance(r, RuntimeError) for r in first) and second.probabilities.shape == (2, 3)
 
 
 def test_concurrent_requests_through_the_app_get_their_solo_answers():
@@ -86,8 +89,8 @@ def test_concurrent_requests_through_the_app_get_their_solo_answers():
     with make_client(microbatch_wait_ms=100, microbatch_max_batch=4) as batched:
         service = batched.app.state.service
         runs: list[int] = []
-        original = service.model.predict
-        service.model.predict = lambda batch: (runs.append(len(batch)), original(batch))[1]
+        original = service.model.run
+        service.model.run = lambda batch: (runs.append(len(batch)), original(batch))[1]
         with ThreadPoolExecutor(8) as pool:
             together = list(pool.map(lambda item: ask(batched, item), [*work, (bad, 0.5)]))
         metrics = batched.get("/metrics").text

@@ -38,7 +38,7 @@ def test_model_runs_at_once_are_bounded_by_inference_concurrency(slots):
     lock, state = threading.Lock(), {"active": 0, "peak": 0}
     with make_client(microbatch_wait_ms=0, inference_concurrency=slots, image_concurrency=6) as client:
         model = client.app.state.service.model
-        real = model.predict
+        real = model.run
 
         def slow_predict(batch):  # the real run, held long enough for requests to overlap
             with lock:
@@ -51,7 +51,7 @@ def test_model_runs_at_once_are_bounded_by_inference_concurrency(slots):
                 with lock:
                     state["active"] -= 1
 
-        model.predict = slow_predict
+        model.run = slow_predict
         data = COVID[0].read_bytes()
         with ThreadPoolExecutor(5) as pool:
             codes = list(pool.map(lambda _: client.post("/segment", files={"file": ("a.png", data)}).status_code,
@@ -66,8 +66,8 @@ def test_a_batch_larger_than_a_run_is_run_in_parts_with_the_same_answers():
         expected = whole.post("/segment/batch", files=files).json()["results"]
     with make_client(microbatch_wait_ms=0, microbatch_max_batch=2) as parts:
         model, runs = parts.app.state.service.model, []
-        real = model.predict
-        model.predict = lambda batch: runs.append(len(batch)) or real(batch)
+        real = model.run
+        model.run = lambda batch: runs.append(len(batch)) or real(batch)
         results = parts.post("/segment/batch", files=files).json()["results"]
         metrics = parts.get("/metrics").text
     assert runs == [2, 1] and results == expected

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-# the engine's load step decodes for the service
+# the engine's decode step decodes for the service
 from app.engine import engine as segmentation
 from tests.conftest import fixture_images, make_client
 
@@ -18,7 +18,7 @@ COVID = fixture_images("Val", "COVID-19")[0]
 @pytest.mark.parametrize("limit", [1, 3])
 def test_full_size_work_waits_for_a_free_slot(monkeypatch, limit):
     lock, state = threading.Lock(), {"active": 0, "peak": 0}
-    real_decode = segmentation.decode_upload
+    real_decode = segmentation.decode_parsed
 
     def slow_decode(*args):  # the real decode, held long enough for requests to overlap
         with lock:
@@ -31,7 +31,7 @@ def test_full_size_work_waits_for_a_free_slot(monkeypatch, limit):
             with lock:
                 state["active"] -= 1
 
-    monkeypatch.setattr(segmentation, "decode_upload", slow_decode)
+    monkeypatch.setattr(segmentation, "decode_parsed", slow_decode)
     data = COVID.read_bytes()
     with make_client(image_concurrency=limit) as client, ThreadPoolExecutor(6) as pool:
         codes = list(pool.map(lambda _: client.post("/segment", files={"file": ("a.png", data)}).status_code,

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.core.config import Settings
+from app.pipeline.judge import JUDGEMENT_CODES
 from app.pipeline.load import MIN_IMAGE_SIDE
 from app.pipeline.postprocess import severity_ranges
 
@@ -27,6 +28,9 @@ async def model_card(service: ServiceDep, settings: SettingsDep) -> dict[str, An
                    "tta_default": engine.default_tta},
         "default_threshold": engine.default_threshold,
         "region_peak_threshold": engine.region_peak_threshold,
+        "input_judgement": {**card.get("input_judgement", {}), "limits": engine.judge_limits.as_dict(),
+                            "scores": engine.model.judgement_scores,
+                            "codes": list(JUDGEMENT_CODES)},
         "severity_bins": severity_bins_doc(),
         "input_limits": input_limits(settings),
     }

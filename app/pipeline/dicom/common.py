@@ -16,14 +16,11 @@ import io
 import json
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
 
 import pydicom
-from pydicom.datadict import tag_for_keyword as keyword_to_tag
-from pydicom.dataelem import DataElement
-from pydicom.valuerep import DA, TM
 
 from app import __version__
+from app.pipeline.dicom.values import valid_date, valid_time
 
 MANUFACTURER = "covidseg"
 #: Result kinds, by the name used in settings, formats and the spool.
@@ -34,6 +31,8 @@ DEFAULT_SERIES_NUMBERS = {"seg": 9901, "sc": 9902, "sr": 9903}
 
 #: Patient and study attributes copied from the source into every result, so that the results
 #: file under the same patient and study and cross-object checks (dcentvfy) find no disagreement.
+#: They are copied from the writer's view of the source, which holds each valid, emptied or not at all
+#: (:func:`app.pipeline.dicom.source.writer_source`).
 PATIENT_STUDY_KEYWORDS = (
     "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate",
     "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
@@ -95,38 +94,6 @@ class ResultIdentity:
         return cls(series, result_uid(kind, str(source.SOPInstanceUID), model.sha256, threshold))
 
 
-def _parses(vr_class: type, value: str) -> bool:
-    try:
-        vr_class(value)
-        return True
-    except ValueError:
-        return False
-
-
-#: Source values the result's own modules must hold in their standard form (highdicom checks
-#: them): a modality's non-conformant one (StudyDate "2026-01-01", PatientSex "Female") is written
-#: empty, as these Type 2 attributes allow, rather than costing the image its results.
-CHECKED_VALUES = {"PatientBirthDate": partial(_parses, DA), "StudyDate": partial(_parses, DA),
-                  "PatientBirthTime": partial(_parses, TM), "StudyTime": partial(_parses, TM),
-                  "PatientSex": lambda v: v in ("M", "F", "O")}
-
-
-def conformant_source(source: pydicom.Dataset) -> pydicom.Dataset:
-    """``source`` as the writers see it: the same elements, but the non-conformant values of
-    :data:`CHECKED_VALUES` emptied, in a dataset of its own (the source is left as it is)."""
-    bad = [k for k, valid in CHECKED_VALUES.items() if source.get(k) not in (None, "") and not valid(str(source.get(k)))]
-    if not bad:
-        return source
-    clean = pydicom.Dataset()
-    for element in source:  # elements shared, not copied; the emptied ones are replaced below
-        clean.add(element)
-    if hasattr(source, "file_meta"):
-        clean.file_meta = source.file_meta
-    for keyword in bad:
-        clean[keyword] = DataElement(keyword_to_tag(keyword), source[keyword].VR, "")
-    return clean
-
-
 def copy_patient_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
     for keyword in PATIENT_STUDY_KEYWORDS:
         if keyword in source:
@@ -137,8 +104,10 @@ def series_description(kind: str, model: ModelRef) -> str:
     return f"{model.name} {model.version} {KIND_TITLES[kind]}"[:64]
 
 
-#: Where a result's date and time come from, the first pair with a valid date: the source's content, its
-#: acquisition, its series, its study. Without any, :data:`NO_DATETIME`; a date without a time gets 000000.
+#: Where a result's date and time come from, the first pair with a valid date (exactly ``YYYYMMDD``, see
+#: :func:`~app.pipeline.dicom.values.valid_date`: pydicom's DA also reads the ACR-NEMA ``1993.02.24``, which
+#: the results must not carry): the source's content, its acquisition, its series, its study. Without any,
+#: :data:`NO_DATETIME`; a date without a valid time gets 000000.
 SOURCE_DATETIMES = (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime"),
                     ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))
 NO_DATETIME = ("19000101", "000000")
@@ -151,8 +120,8 @@ def result_datetime(source: pydicom.Dataset) -> tuple[str, str]:
     same each time the result is made (and the result sorts beside its image)."""
     for date_keyword, time_keyword in SOURCE_DATETIMES:
         date, time = str(source.get(date_keyword) or "").strip(), str(source.get(time_keyword) or "").strip()
-        if date and _parses(DA, date):
-            return date, time if time and _parses(TM, time) else NO_DATETIME[1]
+        if valid_date(date):
+            return date, time if valid_time(time) else NO_DATETIME[1]
     return NO_DATETIME
 
 

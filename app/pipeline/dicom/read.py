@@ -1,22 +1,31 @@
-"""Read: a DICOM upload -> :class:`LoadedImage` (8-bit grayscale).
+"""Read: DICOM bytes -> a parsed header (:func:`parse_dicom`, no pixel decoded) -> :class:`LoadedImage`
+(:func:`read_dicom`: checked, then decoded to 8-bit grayscale).
+
+Two steps, so that the selection rules judge the header before any pixel is decoded. A Part 10 file
+(preamble, 'DICM', File Meta) and a bare dataset (no File Meta, as some gateways and archives keep them:
+implicit VR, or explicit VR, little endian) are both read; a bare one is recognised by its first
+elements (:func:`looks_like_bare_dataset`) and decoded in the transfer syntax pydicom parsed it in.
 
 Grayscale: applies the Modality LUT (Rescale Slope/Intercept), then the VOI LUT or Window
-Center/Width, inverts MONOCHROME1 and scales any bit depth to 0..255. Colour (RGB, the YBR
-family, PALETTE COLOR): pydicom decodes to RGB (the palette through its LUTs), and that is
-converted to gray as a PNG or JPEG upload is. Compressed transfer syntaxes (JPEG
-baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through the pylibjpeg/pyjpegls plugins.
+Center/Width, inverts MONOCHROME1 or a Presentation LUT Shape INVERSE (once) and scales any bit depth
+to 0..255. Colour (RGB, the YBR family, PALETTE COLOR): pydicom decodes to RGB (the palette through
+its LUTs), and that is converted to gray as a PNG or JPEG upload is. Compressed transfer syntaxes
+(JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through the pylibjpeg/pyjpegls plugins.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from app.pipeline.errors import PipelineError, Problem
 from app.pipeline.load import DicomSource, LoadedImage, check_dimensions, stretch_to_uint8
@@ -29,23 +38,92 @@ GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 DECODED_TO_RGB = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
 PALETTE = "PALETTE COLOR"
 SUPPORTED_PHOTOMETRIC = (*GRAYSCALE, *DECODED_TO_RGB, PALETTE)
+#: Explicit VR value representations (PS3.5 7.1.2): these have 2 reserved bytes and a 4-byte length,
+#: the others a 2-byte length.
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                       b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+#: The groups a bare dataset can start with: File Meta without its preamble (0002), or the dataset's
+#: first attributes (0008: SOP Common, General Study... a dataset without them is no usable image).
+FIRST_GROUPS = (0x0002, 0x0008)
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str | None = None) -> bool:
-    """DICOM by content (the 'DICM' marker after the 128-byte preamble), media type or extension."""
+    """DICOM by content (the 'DICM' marker after the 128-byte preamble, or a bare dataset's first
+    elements), media type or extension."""
     if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    if looks_like_bare_dataset(data):
         return True
     if content_type and content_type.split(";")[0].strip().lower() == DICOM_MEDIA_TYPE:
         return True
     return bool(filename) and filename.lower().endswith(".dcm")
 
 
+def looks_like_bare_dataset(data: bytes) -> bool:
+    """A little endian dataset without preamble: its first element is in group 0002 or 0008, its value
+    fits in the data, and the element after it (when there is one) has a higher tag, as elements are
+    stored in ascending order. A PNG, a JPEG or a text file fails on the first tag already."""
+    if len(data) < 8 or struct.unpack_from("<H", data)[0] not in FIRST_GROUPS:
+        return False
+    # In implicit VR these bytes are the low half of a length: spelling a VR, it would be over 16 kB
+    explicit = data[4:6] in SHORT_VRS | LONG_VRS
+    first = _element_at(data, 0, explicit)
+    if first is None:
+        return False
+    tag, end = first
+    if end is None or end >= len(data):  # a sequence of undefined length, or nothing after it to check
+        return True
+    second = _element_at(data, end, explicit)
+    return second is not None and second[0] > tag
+
+
+def _element_at(data: bytes, at: int, explicit: bool) -> tuple[int, int | None] | None:
+    """The tag of the little endian element at ``at`` and the offset after it (None: undefined length),
+    or None when its header does not fit a DICOM element."""
+    if len(data) < at + 8:
+        return None
+    group, element = struct.unpack_from("<HH", data, at)
+    vr = data[at + 4:at + 6]
+    if not explicit:
+        length, start = struct.unpack_from("<I", data, at + 4)[0], at + 8
+    elif vr in SHORT_VRS:
+        length, start = struct.unpack_from("<H", data, at + 6)[0], at + 8
+    elif vr in LONG_VRS and data[at + 6:at + 8] == b"\0\0" and len(data) >= at + 12:
+        length, start = struct.unpack_from("<I", data, at + 8)[0], at + 12
+    else:
+        return None
+    if length == UNDEFINED_LENGTH:
+        return (group << 16) | element, None
+    return ((group << 16) | element, start + length) if start + length <= len(data) else None
+
+
 def parse_dicom(data: bytes) -> pydicom.Dataset:
-    """Parse Part 10 (or bare) DICOM bytes, every attribute; a file that cannot be parsed is a 400."""
+    """Parse Part 10 (or bare) DICOM bytes, every attribute, no pixel decoded; a file that cannot be
+    parsed is a 400."""
     with corrupt_unless_understood("the DICOM file cannot be parsed"):
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     read_every_attribute(ds)
+    with corrupt_unless_understood("the DICOM file cannot be parsed"):
+        set_parsed_transfer_syntax(ds)
     return ds
+
+
+def set_parsed_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """pydicom decodes pixel data by the File Meta's TransferSyntaxUID, which a bare dataset lacks: give
+    it the syntax pydicom actually parsed it in (implicit or explicit VR, little or big endian).
+    Encapsulated (compressed) pixel data does not say its codec: it is left without one, and refused
+    when decoded (:func:`_check_transfer_syntax`)."""
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in ds.file_meta or None in ds.original_encoding:
+        return
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        return
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def read_every_attribute(ds: pydicom.Dataset) -> None:
@@ -107,7 +185,16 @@ def _check_image(ds: pydicom.Dataset, max_pixels: int) -> str:
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise PipelineError(Problem.UNSUPPORTED, "unsupported_mode", f"photometric interpretation {photometric or 'missing'} "
                                                   f"is not supported: send {', '.join(SUPPORTED_PHOTOMETRIC)}")
+    _check_transfer_syntax(ds)
     return photometric
+
+
+def _check_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """A bare dataset with compressed pixel data: nothing says which codec made it."""
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        raise PipelineError(Problem.UNSUPPORTED, "unsupported_transfer_syntax",
+                            "compressed pixel data in a DICOM dataset without File Meta: its transfer syntax is "
+                            "unknown; send it as a DICOM file (with File Meta)")
 
 
 def can_decode(syntax: str) -> bool:
@@ -131,9 +218,17 @@ def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
                                 f"cannot decode pixel data in transfer syntax {syntax}") from exc
 
 
+def is_inverted(ds: pydicom.Dataset, photometric: str) -> bool:
+    """Whether higher values are shown darker: MONOCHROME1, or a Presentation LUT Shape INVERSE (PS3.3
+    C.11.6) on MONOCHROME2. The DX IOD pairs MONOCHROME1 with INVERSE: both say the same inversion, so
+    it is applied once, never twice."""
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
+
+
 def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
-    """Decoded pixels -> the 8-bit grayscale a reader would see (LUTs, window, MONOCHROME1 inverted;
-    colour as its luma)."""
+    """Decoded pixels -> the 8-bit grayscale a reader would see (LUTs, window, MONOCHROME1 or INVERSE
+    inverted; colour as its luma)."""
     if photometric not in GRAYSCALE:
         return colour_to_gray(ds, pixels, photometric)
     values = apply_modality_lut(pixels, ds)
@@ -142,7 +237,7 @@ def displayed_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) ->
         gray = stretch_to_uint8(apply_voi_lut(values, ds, prefer_lut=True), *_voi_output_range(ds))
     else:  # no presentation given: stretch the image's own range
         gray = stretch_to_uint8(values)
-    return 255 - gray if photometric == "MONOCHROME1" else gray  # higher values are darker in MONOCHROME1
+    return 255 - gray if is_inverted(ds, photometric) else gray
 
 
 def colour_to_gray(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
@@ -166,14 +261,14 @@ def source_of(ds: pydicom.Dataset) -> DicomSource:
 
 
 def read_dicom(ds: pydicom.Dataset, max_pixels: int) -> LoadedImage:
-    """One single-frame DICOM image as a :class:`LoadedImage`; refusals are :class:`PipelineError`."""
-    photometric = _check_image(ds, max_pixels)
-    gray = displayed_gray(ds, _decode_pixels(ds), photometric)
-    return LoadedImage(gray=gray, format="DICOM", mode=photometric, dicom=source_of(ds))
+    """A parsed single-frame DICOM image, checked then decoded, as a :class:`LoadedImage`; refusals are
+    :class:`PipelineError`, any other failure to interpret the file a 400 ``corrupt_dicom``."""
+    with corrupt_unless_understood("the DICOM file is corrupt: an attribute or the pixel data cannot be read"):
+        photometric = _check_image(ds, max_pixels)
+        gray = displayed_gray(ds, _decode_pixels(ds), photometric)
+        return LoadedImage(gray=gray, format="DICOM", mode=photometric, dicom=source_of(ds))
 
 
 def load_dicom_bytes(data: bytes, max_pixels: int) -> LoadedImage:
-    """Parse and read DICOM bytes (an upload, or a file the node received)."""
-    ds = parse_dicom(data)
-    with corrupt_unless_understood("the DICOM file is corrupt: an attribute or the pixel data cannot be read"):
-        return read_dicom(ds, max_pixels)
+    """Parse and read DICOM bytes, with no selection between (tests, tools)."""
+    return read_dicom(parse_dicom(data), max_pixels)

@@ -10,18 +10,18 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from app.pipeline.dicom.common import MANUFACTURER, finish_result
 from app.pipeline.dicom.context import ResultContext
-from app.pipeline.dicom.source import patient_orientation
+from app.pipeline.dicom.source import instance_number, patient_orientation
 from app.pipeline.render import overlay_rgb
 
 KIND = "sc"
 #: Smallest type of the burned-in summary, px: the text shrinks to fit the width down to this.
 MIN_TEXT_PX = 8
-#: What a viewer needs to hang the capture beside its source, with the values each may take here:
-#: BodyPartExamined (General Series, Type 3; any Defined Term), ImageLaterality (General Image,
-#: Type 3; enumerated), ViewPosition (in no module of the SC IOD: a Standard Extended attribute).
-#: Each is copied only with a value; Laterality is not copied as it is but follows from them (below).
-COPIED_FROM_SOURCE: dict[str, tuple[str, ...] | None] = {
-    "BodyPartExamined": None, "ImageLaterality": ("R", "L", "U", "B"), "ViewPosition": None}
+#: What a viewer needs to hang the capture beside its source: BodyPartExamined (General Series, Type 3),
+#: ImageLaterality (General Image, Type 3), ViewPosition (in no module of the SC IOD: a Standard Extended
+#: attribute). Each is copied only with a value, which the writer's view of the source holds only when
+#: valid (ImageLaterality among its enumerated R, L, U, B: :mod:`app.pipeline.dicom.values`); Laterality
+#: is not copied as it is but follows from them (below).
+COPIED_FROM_SOURCE = ("BodyPartExamined", "ImageLaterality", "ViewPosition")
 #: Body Part Examined Defined Terms (PS3.16 Annex L) of unpaired parts: with one, the series has
 #: no Laterality. Any other term, or none, may be paired.
 UNPAIRED_BODY_PARTS = frozenset({
@@ -69,9 +69,8 @@ def burned_in_overlay(ctx: ResultContext) -> np.ndarray:
 
 
 def copy_hanging_attributes(source: pydicom.Dataset, sc: pydicom.Dataset) -> None:
-    for keyword, allowed in COPIED_FROM_SOURCE.items():
-        value = str(source.get(keyword, "") or "").strip().upper()
-        if value and (allowed is None or value in allowed):
+    for keyword in COPIED_FROM_SOURCE:
+        if str(source.get(keyword, "") or "").strip():
             sc[keyword] = source[keyword]
 
 
@@ -91,7 +90,7 @@ def write_secondary_capture(ctx: ResultContext) -> pydicom.Dataset:
         ref_dataset=source, pixel_array=burned_in_overlay(ctx), photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=ident.series_instance_uid,
         series_number=ctx.options.series_number(KIND),
-        sop_instance_uid=ident.sop_instance_uid, instance_number=int(source.get("InstanceNumber") or 1),
+        sop_instance_uid=ident.sop_instance_uid, instance_number=instance_number(source),
         manufacturer=MANUFACTURER, patient_orientation=ANY_ORIENTATION, transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.PatientOrientation = patient_orientation(source)

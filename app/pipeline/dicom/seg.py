@@ -9,7 +9,7 @@ from pydicom.sr.codedict import codes
 
 from app.pipeline.dicom.common import MANUFACTURER, finish_result, result_uid
 from app.pipeline.dicom.context import ResultContext
-from app.pipeline.dicom.source import patient_orientation
+from app.pipeline.dicom.source import instance_number, patient_orientation
 
 KIND = "seg"
 INFECTION_SEGMENT, LUNG_SEGMENT = 1, 2
@@ -56,7 +56,7 @@ def write_segmentation(ctx: ResultContext) -> pydicom.Dataset:
         source_images=[source], pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(ctx), series_instance_uid=ident.series_instance_uid,
         series_number=ctx.options.series_number(KIND), sop_instance_uid=ident.sop_instance_uid,
-        instance_number=int(source.get("InstanceNumber") or 1), manufacturer=MANUFACTURER,
+        instance_number=instance_number(source), manufacturer=MANUFACTURER,
         manufacturer_model_name=ctx.model.name, software_versions=ctx.model.version, device_serial_number="0",
         content_description=f"infection threshold {ctx.seg.threshold:g}", content_label="COVIDSEG",
         omit_empty_frames=False,

@@ -17,6 +17,7 @@ from pydicom.uid import SegmentationStorage
 from app.pipeline.dicom import seg as seg_writer
 from app.pipeline.dicom.common import MANUFACTURER, finish_result, result_uid
 from app.pipeline.dicom.context import ResultContext
+from app.pipeline.dicom.source import instance_number
 
 KIND = "sr"
 SCHEME = "99COVIDSEG"  # private coding scheme for what SNOMED and LOINC have no code for
@@ -130,7 +131,7 @@ def write_measurement_report(ctx: ResultContext) -> pydicom.Dataset:
     sr = hd.sr.Comprehensive3DSR(
         evidence=[source, seg_evidence(ctx)], content=report[0], series_instance_uid=ident.series_instance_uid,
         series_number=ctx.options.series_number(KIND), sop_instance_uid=ident.sop_instance_uid,
-        instance_number=int(source.get("InstanceNumber") or 1), manufacturer=MANUFACTURER,
+        instance_number=instance_number(source), manufacturer=MANUFACTURER,
         is_complete=True, is_final=False, is_verified=False)
     drop_segment_numbers_beside_frames(sr.ContentSequence)
     sr.CodingSchemeIdentificationSequence = [private_scheme_identification()]
