@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from training.model import OUTPUT_CHANNELS, FeatureDistance, FrontalScore, Judge
 from training.onnx_weights import load_onnx_weights
 
 #: The input judgement's fitted parts, as JudgedModel takes them.
-Judgement = tuple[FeatureDistance, FrontalScore]
+JudgementParts = tuple[FeatureDistance, FrontalScore]
 
 PARITY_TOLERANCE = 1e-4
 #: ``--augment`` was a yes/no flag before the mild/strong presets.
@@ -92,7 +93,7 @@ def load_checkpoint_model(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, 
 
 
 def export_onnx(net: torch.nn.Module, output: Path, size: int, opset: int, metadata: dict[str, str],
-                judgement: Judgement | None = None) -> None:
+                judgement: JudgementParts | None = None) -> None:
     """Write the probability graph (with the judgement's scores when given) with a dynamic batch axis and the
     metadata the service reads."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def export_onnx(net: torch.nn.Module, output: Path, size: int, opset: int, metad
 
 
 def parity_check(net: torch.nn.Module, onnx_path: Path, images: list[np.ndarray], size: int = INPUT_SIZE,
-                 judgement: Judgement | None = None) -> float:
+                 judgement: JudgementParts | None = None) -> float:
     """Max absolute difference between PyTorch and ONNX Runtime on ``images``: of the probabilities, and of
     each judgement score relative to its size (at least 1)."""
     batch = preprocess_batch(images, size)
@@ -270,10 +271,9 @@ def export_again(args: argparse.Namespace, argv: list[str] | None) -> int:
     net = graph_net(args.from_onnx, config.get("encoder", "resnet34"))
     data_root = args.data_root or default_data_root()
     judgement = fit_judgement(net, data_root, size) if args.judgement else None
-    export_onnx(net, args.output, size, args.opset, graph_metadata(args, size), judgement)
     images = list(load_samples(limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images),
                                progress=False).images)
-    max_diff = checked(net, args.output, images, size, judgement)
+    max_diff = exported_and_checked(net, args, size, images, judgement)
     if max_diff is None:
         return 1
     command = "python -m training.export " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -288,16 +288,21 @@ def graph_metadata(args: argparse.Namespace, size: int) -> dict[str, str]:
             "preprocessing": "8-bit grayscale, resized to 256x256, x/255, 2*(x-0.5), replicated to 3 channels"}
 
 
-def checked(net: torch.nn.Module, output: Path, images: list[np.ndarray], size: int,
-            judgement: Judgement | None = None) -> float | None:
-    """The parity check's difference, or None when it failed: the graph is then removed (never left where it
-    could be shipped)."""
-    max_diff = parity_check(net, output, images, size, judgement)
+def exported_and_checked(net: torch.nn.Module, args: argparse.Namespace, size: int, images: list[np.ndarray],
+                         judgement: JudgementParts | None = None) -> float | None:
+    """Export to a staging file beside ``args.output``, check parity, and only then put it in place: returns the
+    parity difference, or None when the check failed (the staged graph removed; whatever was at the output,
+    the graph this one was exported from included, left as it was)."""
+    staging = args.output.with_name(f".{args.output.stem}.staging{args.output.suffix}")
+    export_onnx(net, staging, size, args.opset, graph_metadata(args, size), judgement)
+    max_diff = parity_check(net, staging, images, size, judgement)
     print(f"parity on {len(images)} real Val images: max |onnx - torch| = {max_diff:.2e}")
     if max_diff < PARITY_TOLERANCE:
+        os.replace(staging, args.output)
         return max_diff
-    print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; removed {output}", file=sys.stderr)
-    output.unlink()
+    print(f"error: ONNX and PyTorch differ by {max_diff:.2e} >= {PARITY_TOLERANCE}; nothing written to "
+          f"{args.output}", file=sys.stderr)
+    staging.unlink()
     return None
 
 
@@ -312,10 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     size = int(config.get("image_size", INPUT_SIZE))
     data_root = args.data_root or Path(config.get("data_root") or default_data_root())
     judgement = fit_judgement(net, data_root, size) if args.judgement else None
-    export_onnx(net, args.output, size, args.opset, graph_metadata(args, size), judgement)
     samples = limit_per_class(index_split(data_root, "Val", CLASSES), args.parity_images)
     images = list(load_samples(samples, progress=False).images)
-    max_diff = checked(net, args.output, images, size, judgement)
+    max_diff = exported_and_checked(net, args, size, images, judgement)
     if max_diff is None:
         return 1
 

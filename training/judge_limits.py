@@ -4,8 +4,8 @@
 
 Every figure of the judgement is measured, through the service's engine, on three sets:
 
-- **Train** (every class): where chest radiographs lie, the calibration (the feature distance itself was
-  fitted on these images by ``training.export --feature-distance``);
+- **Train** (every class): where chest radiographs lie, the calibration (the scores themselves were
+  fitted on these images by ``training.export --judgement``);
 - **Val** (every class): each limit is set here, at the worst Val value pushed out by a margin
   (:data:`MARGINS`), so that no Val image of any class is refused and unseen chest radiographs have room;
 - the **non-chest set** (``tests/nonchest.py``: generated pictures, inverted, turned and cropped chests,
@@ -40,7 +40,7 @@ from training.evaluate import as_image, card_to_update, engine_for
 #: Each limit: the figure it bounds, the side a chest radiograph lies on, and how far past the worst Val image
 #: it is set: a factor of that value (``times``) or a step beyond it (``plus``, for the logit and the
 #: probability). The margins are wide where unseen chests were seen to lie further out than Val's worst: the
-#: Train images scored out of fold while the scores were fitted (a 5-fold check, bench/RESULTS.md) reached a
+#: Train images scored out of fold while the scores were designed (a one-off 5-fold check; README) reached a
 #: feature distance 1.5 times Val's worst (a small child's chest in a frame) and frontal scores far below it
 #: (a negative, an upside-down and a cropped image of the data set itself, which the judgement should refuse).
 MARGINS = {"min_contrast": ("contrast", "above", "times", 0.25),
@@ -145,26 +145,48 @@ def plot(figures: dict[str, list[dict[str, float]]], limits: JudgeLimits, out: P
     return path
 
 
+def with_limits(engine: Engine, limits: JudgeLimits, images: list[LoadedImage],
+                judgements: list[Judgement]) -> list[Judgement]:
+    """Each judgement under ``limits``; an image they refuse is judged again by the engine as the service would
+    (with its inversion check: a negative is ``appears_inverted``)."""
+    found = [judged(j, limits) for j in judgements]
+    for i, judgement in enumerate(found):
+        if judgement.refusal is not None:
+            batch = engine.preprocess([images[i]])
+            found[i] = engine.judge(batch, engine.infer(batch), [images[i]])[0]
+    return found
+
+
+def engine_with_limits(engine: Engine, limits: JudgeLimits) -> Engine:
+    """The engine with ``limits`` in its card (a model without a card has no limits to set)."""
+    if engine.card is None:
+        raise SystemExit("the model has no card: export it with its card first")
+    engine.card = engine.card.model_copy(update={"input_judgement": InputJudgement(limits=limits.as_dict(),
+                                                                                   command="")})
+    return engine
+
+
+def measured(engine: Engine, data_root: Path, every: int, batch_size: int, progress: bool) -> dict[str, Any]:
+    """Every set's images (named) and their judgements under the engine's present limits."""
+    sets = {split: split_images(data_root, split, every if split == "Train" else 1) for split in ("Train", "Val")}
+    named = list(nonchest_images(engine))
+    sets["non-chest"] = ([name for name, _ in named], [im for _, im in named])
+    return {name: (names, images, judge_all(engine, images, batch_size if name != "non-chest" else 1, name, progress))
+            for name, (names, images) in sets.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    progress = not args.no_progress
     engine = engine_for(args.model, 0, None)
-    data_root = args.data_root or default_data_root()
-    names = {split: split_images(data_root, split, args.train_every if split == "Train" else 1)
-             for split in ("Train", "Val")}
-    raw = {split: judge_all(engine, images, args.batch_size, split, progress) for split, (_, images) in names.items()}
-    named = list(nonchest_images(engine))
-    raw["non-chest"] = judge_all(engine, [im for _, im in named], 1, "non-chest", progress)
-    figures = {name: [figures_of(j) for j in js] for name, js in raw.items()}
+    sets = measured(engine, args.data_root or default_data_root(), args.train_every, args.batch_size,
+                    not args.no_progress)
+    figures = {name: [figures_of(j) for j in js] for name, (_, _, js) in sets.items()}
     limits = set_limits(figures["Val"])
-    engine.card = engine.card and engine.card.model_copy(update={"input_judgement": InputJudgement(
-        limits=limits.as_dict(), command="")})
-    final = {name: [judged(j, limits) for j in js] for name, js in raw.items()}
-    # A refused non-chest image gets the engine's inversion check too: judged again with the new limits.
-    final["non-chest"] = judge_all(engine, [im for _, im in named], 1, "non-chest (limits set)", progress)
+    engine = engine_with_limits(engine, limits)
+    final = {name: with_limits(engine, limits, images, js) for name, (_, images, js) in sets.items()}
     report = {"limits": limits.as_dict(), "sets": {n: summary(figures[n], final[n]) for n in final},
-              "not_refused": [name for (name, _), j in zip(named, final["non-chest"]) if j.refusal is None],
-              "refused_chests": {split: {n: j.refusal.code for n, j in zip(names[split][0], final[split]) if j.refusal}
+              "not_refused": [n for n, j in zip(sets["non-chest"][0], final["non-chest"]) if j.refusal is None],
+              "refused_chests": {split: {n: j.refusal.code for n, j in zip(sets[split][0], final[split]) if j.refusal}
                                  for split in ("Train", "Val")}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "judgement.json").write_text(json.dumps(report, indent=2) + "\n")

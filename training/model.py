@@ -50,11 +50,6 @@ class FeatureDistance(nn.Module):
         return torch.linalg.vector_norm((pooled - self.mean) @ self.whitening, dim=1)
 
 
-def pooled_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The encoder's deepest features averaged over the image: (N, C), what ``FeatureDistance`` measures."""
-    return net.encoder(x)[-1].mean(dim=(2, 3))
-
-
 def fit_feature_distance(features: torch.Tensor, shrinkage: float = 0.01) -> FeatureDistance:
     """``FeatureDistance`` of (N, C) training features: covariance shrunk towards its mean variance by
     ``shrinkage`` (C = 512 dimensions from a few thousand images needs it to be invertible and stable)."""

@@ -166,7 +166,8 @@ class EngineWorker:
             if self.config.stow:
                 self.pacs.upload(data)
             else:
-                uid = result_uid(kind, loaded.dicom.sop_instance_uid, self.engine.model.info.sha256, seg.threshold)
+                uid = result_uid(kind, loaded.dicom.sop_instance_uid, self.engine.model.info.sha256, seg.threshold,
+                                 seg.tta)
                 _write_private(Path(self.config.dicom_dir), Path(kind) / f"{uid}.dcm", data)
             written.append(kind)
         return written

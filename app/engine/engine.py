@@ -109,8 +109,9 @@ class Engine:
         return JudgeLimits.from_card(None if judgement is None else judgement.limits)
 
     def threshold(self, requested: float | None) -> float:
-        """The caller's threshold, or the card's default (resolved here only)."""
-        return self.default_threshold if requested is None else requested
+        """The caller's threshold, or the card's default (resolved here only); -0.0 is 0.0, so one value is one
+        answer and one result (its UIDs and its algorithm parameters name it)."""
+        return self.default_threshold if requested is None else float(requested) + 0.0
 
     def tta(self, requested: str | None) -> str:
         """The caller's test-time augmentation, or the engine's default (resolved here only)."""
@@ -123,7 +124,7 @@ class Engine:
     def warm_up(self) -> None:
         """One inference, so that the first image does not pay for the graph's set-up."""
         size = self.model.info.input_size
-        self.model.predict(np.zeros((1, 3, size, size), dtype=np.float32))
+        self.model.run(np.zeros((1, 3, size, size), dtype=np.float32))
 
     # The steps.
     def load(self, data: bytes, filename: str | None = None, content_type: str | None = None) -> ParsedInput:
@@ -164,10 +165,12 @@ class Engine:
         return self.merge(self.model.run(self.expand(batch, tta)), tta)
 
     def judge(self, batch: np.ndarray, outputs: ModelOutputs, images: list[LoadedImage],
-              run: Callable[[np.ndarray], ModelOutputs] | None = None) -> list[Judgement]:
+              run: Callable[[np.ndarray], ModelOutputs] | None = None,
+              until_refused: bool = False) -> list[Judgement]:
         """Can the model read each image? ``batch`` is the preprocessed batch (without TTA mirrors), ``outputs``
         its merged outputs. An image refused as no chest gets a second model run (``run``, default the
-        model's own) on its negative: when that passes, the refusal is ``appears_inverted``."""
+        model's own) on its negative: when that passes, the refusal is ``appears_inverted``. With
+        ``until_refused`` the judgement stops at the first refusal (a request refused whole needs no more)."""
         limits, found = self.judge_limits, []
         for i, image in enumerate(images):
             judgement = self._judged(batch[i:i + 1], outputs[i:i + 1], limits)
@@ -176,6 +179,8 @@ class Engine:
                 if negative.accepted:
                     judgement = replace(judgement, refusal=appears_inverted(judgement.refusal, image.dicom is not None))
             found.append(judgement)
+            if until_refused and judgement.refusal is not None:
+                break
         return found
 
     @staticmethod
@@ -184,12 +189,13 @@ class Engine:
                               outputs.score(FRONTAL_SCORE, 0)), limits)
 
     def postprocess(self, probabilities: np.ndarray, images: list[LoadedImage], threshold: float,
-                    judgements: list[Judgement] | None = None) -> list[Segmentation]:
-        """Each image's masks at its own size, under ``threshold`` and the region rule (with its judgement)."""
+                    judgements: list[Judgement] | None = None, tta: str | None = None) -> list[Segmentation]:
+        """Each image's masks at its own size, under ``threshold`` and the region rule (with its judgement and
+        the TTA its probabilities came from)."""
         segs = [postprocess(p, im.width, im.height, threshold, self.region_peak_threshold)
                 for p, im in zip(probabilities, images)]
-        for seg, judgement in zip(segs, judgements or []):
-            seg.judgement = judgement
+        for seg, judgement in zip(segs, judgements or [None] * len(segs)):
+            seg.judgement, seg.tta = judgement, self.tta(tta)
         return segs
 
     def results(self, seg: Segmentation, loaded: LoadedImage) -> SegmentationResults:
@@ -207,7 +213,7 @@ class Engine:
         found: list[Segmentation | PipelineError] = []
         for i, (image, judgement) in enumerate(zip(images, judgements)):
             found += [judgement.refusal] if judgement.refusal is not None else self.postprocess(
-                outputs.probabilities[i:i + 1], [image], self.threshold(threshold), [judgement])
+                outputs.probabilities[i:i + 1], [image], self.threshold(threshold), [judgement], tta)
         return found
 
     def segment(self, images: list[LoadedImage], threshold: float | None = None,

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from app.pipeline.dicom.common import canonical_threshold
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, results TEXT NOT NULL, made REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS done_made ON done (made);
@@ -30,7 +32,7 @@ CREATE INDEX IF NOT EXISTS result_key ON result (key);
 
 def done_key(sop_instance_uid: str, model_sha256: str, threshold: float, tta: str, kinds: Iterable[str]) -> str:
     """The same for the same instance, model and settings (threshold as the result UIDs spell it)."""
-    parts = ["covidseg-done-v1", sop_instance_uid, model_sha256, f"{float(threshold):.6g}", tta, *sorted(kinds)]
+    parts = ["covidseg-done-v1", sop_instance_uid, model_sha256, canonical_threshold(threshold), tta, *sorted(kinds)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

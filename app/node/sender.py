@@ -96,7 +96,9 @@ class CStoreSender:
             return ds
         compressed = pydicom.dcmread(io.BytesIO(data))  # a copy: a failed encoding leaves ``ds`` whole
         try:
-            compressed.compress(self.sc_syntax)
+            # the SC keeps its own UID (pydicom gives a compressed dataset a new one by default): the PACS holds
+            # the instance the audit log names, and a re-delivery replaces it instead of adding a second SC
+            compressed.compress(self.sc_syntax, generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001 - an encoder missing or refusing the image: send it uncompressed
             log.warning("a Secondary Capture is sent uncompressed: it could not be compressed (%s)",
                         type(exc).__name__)

@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     pacs, service = connect(args), ServiceClient(args.service_url, args.api_key)
     try:
         try:
-            model, default_threshold = service.model()
+            model, default_threshold, tta = service.model()
         except Exception as exc:  # noqa: BLE001 - reported, nothing started
             print(f"cannot reach the service at {args.service_url}: {describe_failure(exc)}", file=sys.stderr)
             return 3
         threshold = default_threshold if args.threshold is None else args.threshold
-        job = Job(model, threshold, args.outputs, SelectionRules.from_settings(settings))
+        job = Job(model, threshold, args.outputs, SelectionRules.from_settings(settings), tta)
         bridge = Bridge(pacs, service, BridgeState(args.state_file), job, args.retries, args.retry_wait)
         if args.watch:
             return watch(bridge, pacs, args)

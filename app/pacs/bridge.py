@@ -94,10 +94,11 @@ class Job:
     threshold: float
     outputs: list[str]
     rules: SelectionRules
+    tta: str = "none"  # the service's default, sent with every request
 
     def result_uids(self, sop_uid: str) -> dict[str, str]:
         """Kind -> the SOP Instance UID of that result of the source ``sop_uid`` (as the service makes it)."""
-        return {kind: result_uid(kind, sop_uid, self.model.sha256, self.threshold) for kind in self.outputs}
+        return {kind: result_uid(kind, sop_uid, self.model.sha256, self.threshold, self.tta) for kind in self.outputs}
 
 
 class Bridge:
@@ -131,7 +132,7 @@ class Bridge:
             if reason:  # the file disagrees with what the PACS said of it
                 self.skip(instance, reason, summary, "after download")
                 return
-            made = self.retry(self.service.results, dicom, list(missing), self.job.threshold)
+            made = self.retry(self.service.results, dicom, list(missing), self.job.threshold, self.job.tta)
             for kind, uid in missing.items():
                 self.retry(self.pacs.upload, made[kind])
                 summary.stored += 1
@@ -161,9 +162,15 @@ class Bridge:
         self.state.mark_skipped(instance.sop_instance_uid, reason)
         summary.skipped[instance.sop_instance_uid] = reason
 
+    def not_judged(self, instance: Instance, exc: ServiceRefused, summary: Summary) -> None:
+        """Recorded as skipped for this model (a later model, or a fixed header, is tried again); logged by code."""
+        log.info("skipped an instance by the service's judgement: %s", exc.code)
+        self.state.mark_not_judged(instance.sop_instance_uid, f"{exc.code}: {exc.detail}", self.job.model.sha256)
+        summary.skipped[instance.sop_instance_uid] = exc.code
+
     def is_done(self, instance: Instance) -> bool:
         sop = instance.sop_instance_uid
-        return self.state.is_done(sop, self.job.result_uids(sop).values())
+        return self.state.is_done(sop, self.job.result_uids(sop).values(), self.job.model.sha256)
 
     def run(self, instances: list[Instance], progress: bool = True) -> Summary:
         from tqdm import tqdm
@@ -178,8 +185,8 @@ class Bridge:
                 try:
                     self.process(instance, summary)
                 except ServiceRefused as exc:
-                    if exc.code in JUDGEMENT_CODES:  # the model cannot judge this image: skipped, nothing stored
-                        self.skip(instance, f"{exc.code}: {exc.detail}", summary, "by the service's judgement")
+                    if exc.code in JUDGEMENT_CODES:  # the model cannot judge this image: nothing stored
+                        self.not_judged(instance, exc, summary)
                         continue
                     log.warning("an instance was refused by the service (%d %s)", exc.status, exc.code)
                     log.debug("refused: SOP Instance UID %s: %s", instance.sop_instance_uid, exc.detail)

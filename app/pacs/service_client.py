@@ -45,19 +45,22 @@ class ServiceClient:
     def close(self) -> None:
         self.http.close()
 
-    def model(self) -> tuple[ModelRef, float]:
-        """The loaded model and its default threshold (``GET /model``)."""
+    def model(self) -> tuple[ModelRef, float, str]:
+        """The loaded model, its default threshold and the service's default TTA (``GET /model``)."""
         r = self.http.get("/model")
         r.raise_for_status()
         body = r.json()
         loaded = body["loaded"]
-        return ModelRef(loaded["name"], loaded["version"], loaded["sha256"]), float(body["default_threshold"])
+        return (ModelRef(loaded["name"], loaded["version"], loaded["sha256"]), float(body["default_threshold"]),
+                str(loaded.get("tta_default", "none")))
 
-    def results(self, dicom: bytes, kinds: list[str], threshold: float) -> dict[str, bytes]:
+    def results(self, dicom: bytes, kinds: list[str], threshold: float, tta: str = "none") -> dict[str, bytes]:
         """The DICOM results ``kinds`` (seg, sc, sr) of one instance, from one request (one model run):
-        ``format=dicom&outputs=...`` answers one multipart/related part per kind, in the order asked."""
+        ``format=dicom&outputs=...`` answers one multipart/related part per kind, in the order asked. The TTA is
+        sent, so the results' UIDs are the ones the bridge expects (they name it)."""
         # The bridge applied its own selection rules to this file (the service's environment may differ).
-        params = {"format": "dicom", "outputs": ",".join(kinds), "threshold": threshold, "selection": "ignore"}
+        params = {"format": "dicom", "outputs": ",".join(kinds), "threshold": threshold, "selection": "ignore",
+                  "tta": tta}
         r = self.http.post("/segment", params=params,
                            files={"file": ("image.dcm", dicom, "application/dicom")})
         body = self._content(r)

@@ -33,7 +33,7 @@ class DamagedState(ValueError):
 
 
 def empty_state() -> dict[str, Any]:
-    return {"version": VERSION, "results": {}, "failed": {}, "skipped": {}}
+    return {"version": VERSION, "results": {}, "failed": {}, "skipped": {}, "not_judged": {}}
 
 
 def _mapping(value: Any, what: str) -> dict:
@@ -47,7 +47,7 @@ def upgraded(raw: Any) -> dict[str, Any]:
     (``processed``/``partial``: {source: {"seg": uid, ...}}), and their UIDs carry the rest."""
     raw = _mapping(raw, "the state")
     state = empty_state()
-    for key in ("failed", "skipped"):
+    for key in ("failed", "skipped", "not_judged"):
         state[key] = dict(_mapping(raw.get(key, {}), key))
     if raw.get("version") == VERSION:
         state["results"] = {src: dict(_mapping(done, "a result record"))
@@ -90,12 +90,25 @@ class BridgeState:
     def has_result(self, sop_uid: str, result_uid: str) -> bool:
         return result_uid in self.data["results"].get(sop_uid, {})
 
-    def is_done(self, sop_uid: str, result_uids: Iterable[str]) -> bool:
-        """Skipped by the selection rules, or every one of these results recorded."""
-        return self.is_skipped(sop_uid) or all(self.has_result(sop_uid, uid) for uid in result_uids)
+    def is_not_judged(self, sop_uid: str, model_sha256: str | None) -> bool:
+        """Refused by this model's input judgement (another model, or the same after the site fixed the
+        file's header, is asked again)."""
+        record = self.data["not_judged"].get(sop_uid)
+        return record is not None and model_sha256 is not None and record.get("model_sha256") == model_sha256
+
+    def is_done(self, sop_uid: str, result_uids: Iterable[str], model_sha256: str | None = None) -> bool:
+        """Skipped by the selection rules, refused by this model's judgement, or every one of these results
+        recorded."""
+        return (self.is_skipped(sop_uid) or self.is_not_judged(sop_uid, model_sha256)
+                or all(self.has_result(sop_uid, uid) for uid in result_uids))
 
     def mark_skipped(self, sop_uid: str, reason: str) -> None:
         self.data["skipped"][sop_uid] = reason
+        self.save()
+
+    def mark_not_judged(self, sop_uid: str, reason: str, model_sha256: str) -> None:
+        """The service's judgement refused the instance (its code and detail: measured figures, no patient data)."""
+        self.data["not_judged"][sop_uid] = {"reason": reason, "model_sha256": model_sha256}
         self.save()
 
     def record_result(self, sop_uid: str, result_uid: str, kind: str, model_sha256: str, threshold: float) -> None:

@@ -1,7 +1,7 @@
 """Judge: is this a frontal chest radiograph the model can read? (after the model run, before any result)
 
 A segmentation is a clinical statement, so it may exist only for an image the model has grounds to judge.
-Three things are measured on every image, from what the model run already gives:
+Four things are measured on every image, from what the model run already gives:
 
 - the picture's **contrast**: the 8-bit levels between its 1st and 99th percentiles as the network sees
   it (after the DICOM LUTs, the window and MONOCHROME1); a blank or constant picture has none;
@@ -31,14 +31,13 @@ import numpy as np
 from scipy import ndimage
 
 from app.pipeline.errors import PipelineError, Problem
+from app.pipeline.postprocess import LUNG_THRESHOLD
 
 NO_CONTRAST = "no_contrast"
 NOT_A_CHEST = "not_a_chest_radiograph"
 APPEARS_INVERTED = "appears_inverted"
 #: The judgement's refusal codes (422): the node and the bridge skip these, the batch job records them.
 JUDGEMENT_CODES = (NO_CONTRAST, NOT_A_CHEST, APPEARS_INVERTED)
-#: The lung head's decision threshold (as in postprocessing).
-LUNG_THRESHOLD = 0.5
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 

@@ -109,7 +109,9 @@ def open_image(data: bytes) -> Image.Image:
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PipelineError(Problem.TOO_LARGE, "too_many_pixels", f"image refused before decoding: {exc}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Pillow's plugins raise ValueError for a header they refuse (a PNG text chunk that inflates past
+        # its limit), SyntaxError or EOFError for one cut short: the file's fault, never a 500
         signed = next((fmt for fmt, magic in SIGNATURES.items() if data.startswith(magic)), None)
         if signed:  # it says it is one, so it is damaged rather than of another kind
             raise PipelineError(Problem.CORRUPT, "corrupt_image",

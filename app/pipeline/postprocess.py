@@ -7,12 +7,14 @@ The network runs at 256x256; probabilities are resized back to the original size
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from app.pipeline.judge import Judgement
+if TYPE_CHECKING:
+    from app.pipeline.judge import Judgement
 
 #: Lung field decision threshold (the lung head is not user-tunable).
 LUNG_THRESHOLD = 0.5
@@ -92,6 +94,7 @@ class Segmentation:
     threshold: float
     region_peak_threshold: float = 0.0
     judgement: Judgement | None = None  # the judge step's figures (the image was accepted)
+    tta: str = "none"  # the test-time augmentation the probabilities came from (results' identities name it)
 
     def infection_probability(self) -> np.ndarray:
         """float32 (H, W) in [0, 1]: the infection probability at the image's size, resized when asked

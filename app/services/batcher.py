@@ -69,10 +69,10 @@ class MicroBatcher:
 
     async def _infer(self, batch: np.ndarray) -> ModelOutputs:
         t0 = time.perf_counter()
-        probs = await anyio.to_thread.run_sync(self.predict, batch, limiter=self.limiter())
+        outputs = await anyio.to_thread.run_sync(self.predict, batch, limiter=self.limiter())
         if self.on_run is not None:
             self.on_run(len(batch), time.perf_counter() - t0)
-        return probs
+        return outputs
 
     async def _gather_and_run(self) -> None:
         while True:
@@ -109,7 +109,7 @@ class MicroBatcher:
             for item in group:
                 self.on_wait(now - item.since)
         try:
-            probs = await self._infer(np.concatenate([item.batch for item in group]))
+            outputs = await self._infer(np.concatenate([item.batch for item in group]))
         except Exception as exc:  # noqa: BLE001 - handed to every request of the run
             for item in group:
                 if not item.future.done():
@@ -118,5 +118,5 @@ class MicroBatcher:
         start = 0
         for item in group:
             if not item.future.done():  # a client that went away has cancelled its future
-                item.future.set_result(probs[start:start + len(item.batch)])
+                item.future.set_result(outputs[start:start + len(item.batch)])
             start += len(item.batch)

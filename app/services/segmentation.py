@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -184,14 +184,22 @@ class SegmentationService:
         model cannot read: no result is made), masks, measurements, PNG or DICOM."""
         with timings.step("judge"):
             outputs = self.engine.merge(outputs, spec.tta)
-            judgements = self.engine.judge(batch[:len(loaded)], outputs, loaded, run=self.run_model)
+            judgements = self.engine.judge(batch[:len(loaded)], outputs, loaded, run=self._negative_run(),
+                                           until_refused=True)
         for upload, judgement in zip(uploads, judgements):
             if judgement.refusal is not None:
                 with naming_the_file(upload):
                     raise judgement.refusal
         with timings.step("postprocess"):
-            segs = self.engine.postprocess(outputs.probabilities, loaded, spec.threshold, judgements)
+            segs = self.engine.postprocess(outputs.probabilities, loaded, spec.threshold, judgements, spec.tta)
             return [finish(self.engine.results(s, im), spec, i) for i, (s, im) in enumerate(zip(segs, loaded))]
+
+    def _negative_run(self) -> Callable[[np.ndarray], ModelOutputs]:
+        """How the judge step runs the model on a refused image's negative, from a worker thread: through the
+        batcher when there is one (its limiter is the one that bounds model runs then), else in a model slot."""
+        if self.microbatch_wait <= 0:
+            return self.run_model
+        return lambda batch: anyio.from_thread.run(self._batcher().run, batch)
 
     def _model_slots(self) -> threading.Semaphore:
         if self.model_slots is None:  # created on the event loop, before any worker thread needs it

@@ -461,3 +461,20 @@ def test_the_cards_region_rule_shapes_the_mask_at_any_threshold(service_client):
     seg = service.engine.segment([decode_upload(data, service.max_pixels, "cxr.png", None)], 0.25)[0]
     assert np.array_equal(seg.infection_mask, infection_mask(seg.infection_probability(), 0.25, rule))
     assert body["infection_pixels"] == seg.infection_pixels > 0
+
+
+@pytest.mark.parametrize("accept, media", [
+    ("image/png", "image/png"), ("image/PNG", "image/png"), ("image/png;q=0", "application/json"),
+    ("application/json;q=0.5, image/png", "image/png"), ("image/png;q=0.2, application/json", "application/json"),
+    ("*/*", "application/json"), ("image/png;q=abc", "application/json"),
+])
+def test_accept_is_parsed_by_media_type_and_q_not_by_substring(service_client, accept, media):
+    r = post(service_client[0], COVID[0].read_bytes(), headers={"Accept": accept})
+    assert r.status_code == 200 and r.headers["content-type"].split(";")[0] == media, accept
+
+
+@pytest.mark.parametrize("name, content_type", [("x.dcm", "application/octet-stream"), ("x.png", "application/dicom")])
+def test_a_png_named_or_sent_as_dicom_is_read_by_its_signature(service_client, name, content_type):
+    client, _ = service_client
+    r = client.post("/segment", files={"file": (name, COVID[0].read_bytes(), content_type)})
+    assert r.status_code == 200 and r.json()["image"]["format"] == "PNG", r.text

@@ -97,6 +97,22 @@ def test_the_sc_goes_compressed_to_a_destination_that_accepts_it(tmp_path, resul
     assert syntax_of(files[SegmentationStorage]) == ExplicitVRLittleEndian  # only the SC is compressed
 
 
+@pytest.mark.parametrize("setting, accepts", [("jpeg-ls-lossless", ["+xt"]), ("rle", ["+xr"]),
+                                              ("jpeg2000-lossless", ["+xv"])])
+def test_a_compressed_sc_keeps_its_uid_and_a_redelivery_replaces_it(tmp_path, results, setting, accepts):
+    """storescp names each file by its SOP Instance UID: the SC arrives under the UID it was made with (and the
+    audit log names), sent twice it is one instance."""
+    made = pydicom.dcmread(io.BytesIO(results["sc"]), stop_before_pixels=True).SOPInstanceUID
+    with storescp(tmp_path / "in", *accepts, "-uf") as port:
+        send(port, [results["sc"]], setting)
+        send(port, [results["sc"]], setting)
+    files = list((tmp_path / "in").iterdir())
+    assert len(files) == 1, files
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert ds.SOPInstanceUID == made == ds.file_meta.MediaStorageSOPInstanceUID
+    assert ds.file_meta.TransferSyntaxUID.is_compressed
+
+
 def test_the_sc_goes_uncompressed_to_a_destination_that_accepts_only_uncompressed(tmp_path, results):
     with storescp(tmp_path / "in") as port:  # storescp's default: uncompressed syntaxes only
         send(port, [results["sc"]], "jpeg-ls-lossless")

@@ -374,7 +374,8 @@ def test_an_instance_the_model_cannot_judge_is_recorded_as_skipped_and_nothing_i
     out = capsys.readouterr().out
     assert table_count(out, "skipped (selection rules, judgement)") == 1
     saved = json.loads(state.read_text())
-    assert saved["skipped"][read(blank).SOPInstanceUID].startswith("no_contrast: ")
+    record = saved["not_judged"][read(blank).SOPInstanceUID]
+    assert record["reason"].startswith("no_contrast: ") and len(record["model_sha256"]) == 64
     assert read(blank).SOPInstanceUID not in saved.get("failed", {})
     assert results_in(rest, study)["SEG"] == [read(good).SOPInstanceUID]  # nothing stored for the blank one
     assert count(rest) == before + 3

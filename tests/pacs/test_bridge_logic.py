@@ -63,20 +63,20 @@ class MemoryService:
         self.calls: list[tuple[str, float]] = []
         self.requests: list[list[str]] = []  # the kinds asked for, one entry per request
 
-    def segment(self, dicom: bytes, kind: str, threshold: float) -> bytes:
+    def segment(self, dicom: bytes, kind: str, threshold: float, tta: str = "none") -> bytes:
         self.calls.append((kind, threshold))
         source = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True)
         result = Dataset()
-        result.SOPInstanceUID = ResultIdentity.of(kind, source, MODEL, threshold).sop_instance_uid
+        result.SOPInstanceUID = ResultIdentity.of(kind, source, MODEL, threshold, tta).sop_instance_uid
         result.StudyInstanceUID = source.StudyInstanceUID
         buf = io.BytesIO()
         pydicom.dcmwrite(buf, result, implicit_vr=False, little_endian=True)
         return buf.getvalue()
 
-    def results(self, dicom: bytes, kinds: list[str], threshold: float) -> dict[str, bytes]:
+    def results(self, dicom: bytes, kinds: list[str], threshold: float, tta: str = "none") -> dict[str, bytes]:
         """Several results of one instance in one request, as ServiceClient.results asks for them."""
         self.requests.append(list(kinds))
-        return {kind: self.segment(dicom, kind, threshold) for kind in kinds}
+        return {kind: self.segment(dicom, kind, threshold, tta) for kind in kinds}
 
 
 @pytest.fixture(scope="module")

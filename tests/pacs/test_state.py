@@ -123,3 +123,12 @@ def test_a_full_disk_while_saving_leaves_the_previous_state_whole(tmp_path: Path
     assert full.returncode == 1 and "File too large" in full.stderr, full.stderr
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_an_instance_the_judgement_refused_is_done_for_that_model_only(tmp_path: Path):
+    path = tmp_path / "state.json"
+    BridgeState(path).mark_not_judged(SOURCE, "no_contrast: 0.0 grey levels", "a" * 64)
+    state = BridgeState(path)  # as written to disk
+    assert state.is_done(SOURCE, ["2.25.1"], "a" * 64)
+    assert not state.is_done(SOURCE, ["2.25.1"], "b" * 64)  # another model asks again
+    assert not state.is_done(SOURCE, ["2.25.1"])

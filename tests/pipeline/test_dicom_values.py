@@ -149,6 +149,14 @@ def test_valid_values_are_the_sources_own_elements():
     assert all(view[k] is src[k] for k in ("PatientName", "PatientAge", "StudyDescription"))
 
 
+def test_an_empty_private_sequence_is_left_out_not_a_crash():
+    """Vendors' headers hold empty private sequences (no keyword): left out by tag."""
+    src = source(PatientName="DOE^JANE")
+    src.private_block(0x0029, "VENDOR", create=True).add_new(0x10, "SQ", pydicom.Sequence([]))
+    view = writer_source(src)
+    assert 0x00291010 not in view and view.PatientName == "DOE^JANE"
+
+
 def test_the_sources_uids_are_kept_whatever_their_form():
     src = source()
     src.SOPInstanceUID = "1.2.826.0.01"  # a leading zero: not a valid UI

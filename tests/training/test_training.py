@@ -5,14 +5,15 @@ from __future__ import annotations
 import importlib
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from app.pipeline.infer import OnnxSegmenter
-from tests.conftest import FIXTURE_ROOT
+from app.pipeline.infer import JUDGEMENT_SCORES, OnnxSegmenter, file_sha256
+from tests.conftest import FIXTURE_ROOT, SHIPPED_MODEL
 from training import evaluate, export, train
 from app.card import ModelCard
 
@@ -283,3 +284,35 @@ def test_evaluate_applies_the_cards_region_rule_and_records_it(exported: Path, t
     assert ruled["ppar"]["Normal"]["0.25"]["any_positive_share"] == 0
     assert ModelCard.load(model).evaluation.region_peak_threshold == 1.0
     assert "regions kept only when they peak at 1.0" in model.with_suffix(".card.md").read_text()
+
+
+@pytest.fixture
+def shipped_copy(tmp_path: Path) -> Path:
+    """The shipped fp32 graph and its card, copied: a graph to export again over itself."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(SHIPPED_MODEL, model)
+    shutil.copy(ModelCard.json_path(SHIPPED_MODEL), ModelCard.json_path(model))
+    return model
+
+
+def again(model: Path, *extra: str) -> int:
+    return export.main(["--from-onnx", str(model), "--judgement", "--output", str(model), "--version", "9.9.9",
+                        "--data-root", str(FIXTURE_ROOT), "--parity-images", "1", *extra])
+
+
+def test_exporting_again_adds_the_judgement_outputs_and_carries_the_card(shipped_copy: Path):
+    before = ModelCard.load(shipped_copy)
+    assert again(shipped_copy) == 0
+    graph, card = OnnxSegmenter(shipped_copy, providers="CPUExecutionProvider"), ModelCard.load(shipped_copy)
+    assert graph.judgement_scores == list(JUDGEMENT_SCORES) and card.sha256 == file_sha256(shipped_copy)
+    assert (card.version, card.replaces.sha256, card.evaluation) == ("9.9.9", before.sha256, before.evaluation)
+    x = np.zeros((2, 3, 256, 256), np.float32)
+    assert {k: v.shape for k, v in graph.run(x).scores.items()} == {k: (2,) for k in JUDGEMENT_SCORES}
+
+
+def test_a_failed_export_over_its_own_source_leaves_the_source_and_its_card(shipped_copy: Path, monkeypatch):
+    before = file_sha256(shipped_copy)
+    monkeypatch.setattr(export, "parity_check", lambda *a, **k: 1e-2)
+    assert again(shipped_copy) == 1
+    assert file_sha256(shipped_copy) == before == ModelCard.load(shipped_copy).sha256
+    assert sorted(p.name for p in shipped_copy.parent.iterdir()) == ["m.card.json", "m.onnx"]

@@ -29,7 +29,7 @@ async def model_card(service: ServiceDep, settings: SettingsDep) -> dict[str, An
         "default_threshold": engine.default_threshold,
         "region_peak_threshold": engine.region_peak_threshold,
         "input_judgement": {**card.get("input_judgement", {}), "limits": engine.judge_limits.as_dict(),
-                            "scores": engine.model.judgement_scores,
+                            "outputs": engine.model.judgement_scores,
                             "codes": list(JUDGEMENT_CODES)},
         "severity_bins": severity_bins_doc(),
         "input_limits": input_limits(settings),

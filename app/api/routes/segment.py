@@ -64,6 +64,31 @@ async def refuse_a_second_file(request: Request) -> None:
                             "/segment/batch in repeated fields 'files'")
 
 
+def media_weights(accept: str) -> dict[str, float]:
+    """An Accept header's media ranges (lower case) and their q values (RFC 9110 12.5.1; a q that is no number
+    is 0)."""
+    weights: dict[str, float] = {}
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for name, _, value in (p.partition("=") for p in params):
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        if media:
+            weights[media.lower()] = max(q, weights.get(media.lower(), 0.0))
+    return weights
+
+
+def png_preferred(accept: str) -> bool:
+    """Whether ``Accept`` asks for PNG: image/png (any case) with q above 0 and not below application/json's."""
+    weights = media_weights(accept)
+    png = weights.get("image/png", 0.0)
+    return png > 0 and png >= weights.get("application/json", 0.0)
+
+
 def binary_answer(finished: Finished, service: SegmentationService) -> Response:
     """A PNG or DICOM answer, with the key figures as headers."""
     seg = finished.seg
@@ -89,7 +114,7 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
                   selection: SelectionQuery = "apply", outputs: OutputsQuery = None):
     await refuse_a_second_file(request)
     if format is None:
-        format = OutputFormat.png if "image/png" in request.headers.get("accept", "") else OutputFormat.json
+        format = OutputFormat.png if png_preferred(request.headers.get("accept", "")) else OutputFormat.json
     spec = OutputSpec(format, service.engine.threshold(threshold), output, OutputSpec.parse_include(include), tta,
                       apply_selection=selection == "apply", kinds=OutputSpec.parse_outputs(outputs, format))
     timings = Timings()

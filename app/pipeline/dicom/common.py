@@ -1,7 +1,7 @@
 """What every DICOM result shares: its identity, the patient and study it belongs to, its series.
 
-Result UIDs are derived from the source instance, the model's sha256, the threshold and the kind
-of result, so the same request always yields the same UIDs: a result delivered twice (a node
+Result UIDs are derived from the source instance, the model's sha256, the threshold (its canonical
+value), the test-time augmentation and the kind of result, so the same request always yields the same UIDs: a result delivered twice (a node
 restarted mid-delivery, a bridge that lost its state) replaces itself in the PACS instead of
 duplicating, and a bridge can ask the PACS whether a result already exists before making it. They are
 UUID-derived (``2.25.<UUID as an integer>``, PS3.5 B.2), so no organisation root is needed.
@@ -75,9 +75,18 @@ def derived_uid(*names: str) -> str:
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, json.dumps(names)).int}"
 
 
-def result_uid(kind: str, source_uid: str, model_sha256: str, threshold: float) -> str:
-    """A UID for a result that is the same for the same source, model, threshold and kind."""
-    return derived_uid(kind, source_uid, model_sha256, f"{float(threshold):.6g}")
+def canonical_threshold(threshold: float) -> str:
+    """The threshold as identities name it: one text per value (``-0.0`` is 0, ``0.25`` and ``0.250`` one)."""
+    return f"{float(threshold) + 0.0:.6g}"  # adding 0.0 turns -0.0 into 0.0
+
+
+def result_uid(kind: str, source_uid: str, model_sha256: str, threshold: float, tta: str = "none") -> str:
+    """A UID for a result that is the same for the same source, model, threshold, test-time augmentation and
+    kind, and differs when any of them differs (a result with ``tta=flip`` has other masks than without)."""
+    names = [kind, source_uid, model_sha256, canonical_threshold(threshold)]
+    if tta != "none":  # without TTA the names are those results always had
+        names.append(f"tta={tta}")
+    return derived_uid(*names)
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,11 @@ class ResultIdentity:
     sop_instance_uid: str
 
     @classmethod
-    def of(cls, kind: str, source: pydicom.Dataset, model: ModelRef, threshold: float) -> "ResultIdentity":
-        # One result series per source series, kind, model and threshold.
-        series = result_uid(f"{kind}-series", str(source.SeriesInstanceUID), model.sha256, threshold)
-        return cls(series, result_uid(kind, str(source.SOPInstanceUID), model.sha256, threshold))
+    def of(cls, kind: str, source: pydicom.Dataset, model: ModelRef, threshold: float,
+           tta: str = "none") -> "ResultIdentity":
+        # One result series per source series, kind, model, threshold and TTA.
+        series = result_uid(f"{kind}-series", str(source.SeriesInstanceUID), model.sha256, threshold, tta)
+        return cls(series, result_uid(kind, str(source.SOPInstanceUID), model.sha256, threshold, tta))
 
 
 def copy_patient_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:

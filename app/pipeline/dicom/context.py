@@ -42,7 +42,7 @@ class ResultContext:
         return params
 
     def identity(self, kind: str) -> ResultIdentity:
-        return ResultIdentity.of(kind, self.source, self.model, self.seg.threshold)
+        return ResultIdentity.of(kind, self.source, self.model, self.seg.threshold, self.seg.tta)
 
     def pixel_spacing_mm(self) -> tuple[float, float] | None:
         """Row and column spacing: PixelSpacing (calibrated), else ImagerPixelSpacing (at the detector)."""

@@ -16,6 +16,7 @@ its LUTs), and that is converted to gray as a PNG or JPEG upload is. Compressed 
 from __future__ import annotations
 
 import io
+import math
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +25,12 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from app.pipeline.errors import PipelineError, Problem
-from app.pipeline.load import DicomSource, LoadedImage, check_dimensions, stretch_to_uint8
+from app.pipeline.load import SIGNATURES, DicomSource, LoadedImage, check_dimensions, stretch_to_uint8
 
 DICOM_MEDIA_TYPE = "application/dicom"
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -56,6 +58,8 @@ def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str
         return True
     if looks_like_bare_dataset(data):
         return True
+    if any(data.startswith(magic) for magic in SIGNATURES.values()):
+        return False  # a PNG or JPEG by its own signature, whatever it was named or sent as
     if content_type and content_type.split(";")[0].strip().lower() == DICOM_MEDIA_TYPE:
         return True
     return bool(filename) and filename.lower().endswith(".dcm")
@@ -197,6 +201,59 @@ def _check_transfer_syntax(ds: pydicom.Dataset) -> None:
                             "unknown; send it as a DICOM file (with File Meta)")
 
 
+#: Largest magnitude a Modality or VOI LUT value may have: beyond it no stored value maps onto a picture (a
+#: slope of 1e308 or NaN turns every pixel into the same value), so the header is damaged. A slope of 0 too.
+LUT_VALUE_LIMIT = 1e9
+LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+
+
+def _check_lut_values(ds: pydicom.Dataset) -> None:
+    """Refuse (``corrupt_dicom``) a Modality or VOI LUT value that is not finite, absurdly large, a slope of 0 or
+    a window width of 0 or less: applied, they would turn the picture into one value."""
+    for keyword in LUT_KEYWORDS:
+        if keyword not in ds or ds[keyword].is_empty:
+            continue
+        values = ds[keyword].value
+        values = list(values) if isinstance(values, (list, tuple, MultiValue)) else [values]
+        numbers = [float(v) for v in values]
+        bad = [v for v in numbers if not math.isfinite(v) or abs(v) > LUT_VALUE_LIMIT]
+        if keyword == "RescaleSlope":
+            bad += [v for v in numbers if v == 0]
+        if keyword == "WindowWidth":
+            bad += [v for v in numbers if v <= 0]
+        if bad:
+            raise PipelineError(Problem.CORRUPT, "corrupt_dicom",
+                                f"the DICOM file is corrupt: {keyword} is not a usable value (not finite, 0 where it "
+                                f"divides, or beyond {LUT_VALUE_LIMIT:g})")
+
+
+def _check_decoded_shape(ds: pydicom.Dataset, pixels: np.ndarray, photometric: str) -> None:
+    """The decoded pixels are one frame of Rows x Columns (x 3 for colour decoded to RGB): else the header and
+    the pixel data disagree (Rows and Columns smaller than the data, frames not declared)."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    expected = (rows, columns, 3) if photometric in DECODED_TO_RGB else (rows, columns)
+    if pixels.shape != expected:
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom",
+                            f"the DICOM pixel data does not match its header: decoded to shape {pixels.shape}, "
+                            f"Rows x Columns give {expected}")
+
+
+def _check_native_length(ds: pydicom.Dataset) -> None:
+    """Native pixel data longer than one frame of Rows x Columns (one padding byte aside): the header does
+    not describe it (more frames, or other dimensions), so no picture read from it can be trusted."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed or "PixelData" not in ds:
+        return
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits < 8:
+        return
+    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * (bits // 8)
+    if len(ds.PixelData) > expected + 1:
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom",
+                            f"the DICOM pixel data does not match its header: {len(ds.PixelData)} bytes where Rows x "
+                            f"Columns x samples x bits need {expected}")
+
+
 def can_decode(syntax: str) -> bool:
     """Whether an installed pixel data plugin decodes this transfer syntax."""
     try:
@@ -265,7 +322,11 @@ def read_dicom(ds: pydicom.Dataset, max_pixels: int) -> LoadedImage:
     :class:`PipelineError`, any other failure to interpret the file a 400 ``corrupt_dicom``."""
     with corrupt_unless_understood("the DICOM file is corrupt: an attribute or the pixel data cannot be read"):
         photometric = _check_image(ds, max_pixels)
-        gray = displayed_gray(ds, _decode_pixels(ds), photometric)
+        _check_lut_values(ds)
+        _check_native_length(ds)
+        pixels = _decode_pixels(ds)
+        _check_decoded_shape(ds, pixels, photometric)
+        gray = displayed_gray(ds, pixels, photometric)
         return LoadedImage(gray=gray, format="DICOM", mode=photometric, dicom=source_of(ds))
 
 

@@ -42,7 +42,7 @@ def derive_dimension_organization(seg: pydicom.Dataset, ctx: ResultContext) -> N
     """highdicom makes a random DimensionOrganizationUID under its own root: derived instead, like every
     result UID, so the same inputs give the same bytes."""
     uid = result_uid("seg-dimension-organization", str(ctx.source.SOPInstanceUID), ctx.model.sha256,
-                     ctx.seg.threshold)
+                     ctx.seg.threshold, ctx.seg.tta)
     for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(keyword, []):
             if "DimensionOrganizationUID" in item:

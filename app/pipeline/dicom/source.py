@@ -44,6 +44,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from app.pipeline.dicom.values import result_charsets, valid_element
 from app.pipeline.errors import PipelineError, Problem
@@ -157,17 +158,18 @@ def as_written(element: DataElement, charsets: list[str] | None) -> DataElement 
     return DataElement(element.tag, element.VR, "") if element.keyword in TYPE_2 else None
 
 
-def _left_out(view: pydicom.Dataset) -> set[str]:
-    """Keywords of the view's root elements that the writers must not see."""
-    out = {k for k in (*ANIMAL_PATIENT, *SPECIMEN) if k in view}
+def _left_out(view: pydicom.Dataset) -> set[BaseTag]:
+    """Tags of the view's root elements that the writers must not see (tags, not keywords: a private
+    element has no keyword, and an empty private sequence is common in vendors' headers)."""
+    out = {view[k].tag for k in (*ANIMAL_PATIENT, *SPECIMEN) if k in view}
     for element in view:
         if is_empty(element) and (element.VR == "SQ" or element.keyword in EMPTY_IS_ABSENT):
-            out.add(element.keyword)
+            out.add(element.tag)
     if "FrameOfReferenceUID" in view and "ImageOrientationPatient" not in view:
-        out.add("FrameOfReferenceUID")
+        out.add(view["FrameOfReferenceUID"].tag)
     for needed, companions in NEEDED_BY.items():
         if not has_value(view, needed) or not any(has_value(view, k) for k in companions):
-            out.update(k for k in (needed, *companions) if k in view)
+            out.update(view[k].tag for k in (needed, *companions) if k in view)
     return out
 
 
@@ -203,8 +205,8 @@ def writer_source(dataset: pydicom.Dataset) -> pydicom.Dataset:
             view.add(kept)
     if hasattr(dataset, "file_meta"):
         view.file_meta = dataset.file_meta
-    for keyword in _left_out(view):
-        delattr(view, keyword)
+    for tag in _left_out(view):
+        del view[tag]
     for module in CLINICAL_TRIAL_MODULES:
         complete_module(view, module)
     for keyword in TYPE2_PATIENT_STUDY:

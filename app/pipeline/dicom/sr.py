@@ -70,7 +70,8 @@ def segment_group(ctx: ResultContext, segment: int, label: str, finding: CodedCo
         sop_class_uid=SegmentationStorage, sop_instance_uid=seg_ident.sop_instance_uid, frame_number=segment,
         segment_number=segment, source_image=hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID))
     tracking = hd.sr.TrackingIdentifier(
-        uid=result_uid(f"sr-tracking-{segment}", str(source.SOPInstanceUID), ctx.model.sha256, ctx.seg.threshold),
+        uid=result_uid(f"sr-tracking-{segment}", str(source.SOPInstanceUID), ctx.model.sha256, ctx.seg.threshold,
+                       ctx.seg.tta),
         identifier=label)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking, referenced_segment=reference, finding_type=finding,
