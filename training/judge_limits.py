@@ -72,12 +72,11 @@ def figures_of(judgement: Judgement) -> dict[str, float]:
 
 def judge_all(engine: Engine, images: list[LoadedImage], batch_size: int, desc: str,
               progress: bool) -> list[Judgement]:
-    """The engine's judgement of each image (limits as the engine has them: refusals are recomputed later)."""
+    """Each image's judgement figures (refusals are made again once the limits are set: :func:`with_limits`)."""
     found: list[Judgement] = []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
-        part = images[i:i + batch_size]
-        batch = engine.preprocess(part)
-        found += engine.judge(batch, engine.infer(batch), part)
+        batch = engine.preprocess(images[i:i + batch_size])
+        found += engine.measured(batch, engine.infer(batch))
     return found
 
 
@@ -171,7 +170,7 @@ def measured(engine: Engine, data_root: Path, every: int, batch_size: int, progr
     sets = {split: split_images(data_root, split, every if split == "Train" else 1) for split in ("Train", "Val")}
     named = list(nonchest_images(engine))
     sets["non-chest"] = ([name for name, _ in named], [im for _, im in named])
-    return {name: (names, images, judge_all(engine, images, batch_size if name != "non-chest" else 1, name, progress))
+    return {name: (names, images, judge_all(engine, images, batch_size, name, progress))
             for name, (names, images) in sets.items()}
 
 

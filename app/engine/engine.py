@@ -4,7 +4,7 @@ In MONAI Deploy's manner each step is a named unit with a typed input and output
 
     load (bytes -> ParsedInput: a DICOM's header parsed, no pixel decoded) -> select (DICOM: is it a chest
     X-ray? judged from the header) -> decode (-> LoadedImage) -> preprocess (-> network batch) -> infer
-    (-> ModelOutputs: probabilities and feature distance, with TTA) -> judge (-> Judgement: can the model
+    (-> ModelOutputs: probabilities and the judgement's scores, with TTA) -> judge (-> Judgement: can the model
     read this image? a refusal when not) -> postprocess (-> Segmentation, under the threshold and the
     card's region rule) -> results (SegmentationResults: measurements, JSON fields, PNGs and DICOM objects
     of the same Segmentation)
@@ -161,7 +161,7 @@ class Engine:
         return tta_merge_outputs(outputs, self.tta(tta))
 
     def infer(self, batch: np.ndarray, tta: str | None = None) -> ModelOutputs:
-        """Probabilities (N, 2, S, S) and feature distances of a preprocessed batch: one model run, TTA included."""
+        """Probabilities (N, 2, S, S) and judgement scores of a preprocessed batch: one model run, TTA included."""
         return self.merge(self.model.run(self.expand(batch, tta)), tta)
 
     def judge(self, batch: np.ndarray, outputs: ModelOutputs, images: list[LoadedImage],
@@ -182,6 +182,12 @@ class Engine:
             if until_refused and judgement.refusal is not None:
                 break
         return found
+
+    def measured(self, batch: np.ndarray, outputs: ModelOutputs) -> list[Judgement]:
+        """Each image's judgement figures under the card's limits, without the inversion check (no second model
+        run): what calibrating the limits needs (``training.judge_limits``)."""
+        limits = self.judge_limits
+        return [self._judged(batch[i:i + 1], outputs[i:i + 1], limits) for i in range(len(outputs))]
 
     @staticmethod
     def _judged(one: np.ndarray, outputs: ModelOutputs, limits: JudgeLimits) -> Judgement:

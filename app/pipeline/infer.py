@@ -123,8 +123,8 @@ class ModelOutputs:
 
 
 class OnnxSegmenter:
-    """An ONNX Runtime session over the exported U-Net (input ``image``; outputs ``probabilities`` and,
-    optionally, ``feature_distance``)."""
+    """An ONNX Runtime session over the exported U-Net (input ``image``; outputs ``probabilities`` and, from
+    2.1.1, the judgement's scores :data:`JUDGEMENT_SCORES`)."""
 
     def __init__(self, path: Path | str, providers: str | list[str] = "auto",
                  intra_op_threads: int = 0, inter_op_threads: int = 0, cuda: CudaOptions | None = None):

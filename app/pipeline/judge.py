@@ -24,7 +24,7 @@ export that inverted the picture), which the engine checks with a second model r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -160,4 +160,4 @@ def appears_inverted(refusal: PipelineError, is_dicom: bool) -> PipelineError:
 
 def judged(judgement: Judgement, limits: JudgeLimits) -> Judgement:
     """``judgement`` with its refusal (None when it meets every limit)."""
-    return Judgement(**{**judgement.__dict__, "refusal": unmet(judgement, limits)})
+    return replace(judgement, refusal=unmet(judgement, limits))

@@ -158,12 +158,12 @@ class SegmentationService:
         view, is refused), unless the request said ``selection=ignore``; the refusal says how to get past it."""
         if not spec.apply_selection:
             return
-        try:
-            self.engine.select(parsed)
-        except PipelineError as exc:
-            which = "" if upload.index is None else f"file {upload.index}: "
-            exc.message = f"{which}{exc.message}; selection=ignore segments it anyway (research use)"
-            raise
+        with naming_the_file(upload):
+            try:
+                self.engine.select(parsed)
+            except PipelineError as exc:
+                exc.message = f"{exc.message}; selection=ignore segments it anyway (research use)"
+                raise
 
     def prepare(self, uploads: list[Upload], spec: OutputSpec,
                 timings: Timings) -> tuple[list[LoadedImage], np.ndarray]:
