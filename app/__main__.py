@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     from app.main import create_app
 
     # One worker: a second process would load a second copy of the model onto the same cores.
-    serve(create_app(settings), settings)
+    app = create_app(settings)
+
+    def stop_admitting() -> None:
+        if app.state.service is not None:
+            app.state.service.stop_admitting()
+
+    serve(app, settings, app.state.metrics, on_shutdown=stop_admitting)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ from starlette.routing import Route
 
 from app import __version__
 from app.api.deps import require_api_key
+from app.api.schemas import KEYED_ERROR_RESPONSES, SERVICE_ERROR_RESPONSES
 from app.api.routes import health, metrics, model, segment, viewer
+from app.core import allocator
 from app.core.auth import ApiKeyGate
+from app.core.shedding import LoadShedGate
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import ServiceMetrics
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        allocator.map_large_blocks()  # images' memory returned when freed (app.core.allocator)
         try:
             service = SegmentationService.from_settings(settings)
             service.warm_up()
@@ -54,27 +58,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         info = service.model.info
         app.state.metrics.model.info({"name": info.name, "version": info.version, "sha256": info.sha256,
                                       "providers": ",".join(info.providers)})
-        log.info("model %s %s ready on %s", info.name, info.version, ",".join(info.providers))
+        log.info("model %s %s (%s, chosen by %s) ready on %s", info.name, info.version,
+                 "int8" if info.quantization else "fp32", service.engine.model_choice, ",".join(info.providers))
         yield
         app.state.service = None
 
+    # No redirect from /segment/ to /segment: a 307 with an empty body is no answer for an integration script.
     app = FastAPI(title="COVID-19 CXR infection segmentation", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.service = None
     install_error_handlers(app)
     protected = [Depends(require_api_key)]
-    app.include_router(health.router)
+    app.include_router(health.router, responses=SERVICE_ERROR_RESPONSES)
     if settings.viewer:  # the page is open; what it calls is behind the key
         app.include_router(viewer.router)
     keyed = [segment.router, model.router, metrics.router]
     for router in keyed:
-        app.include_router(router, dependencies=protected)
+        app.include_router(router, dependencies=protected, responses=KEYED_ERROR_RESPONSES)
     if not settings.docs_public:
         protect_docs(app, protected)
     # The same check before any body is read (FastAPI reads a whole upload before a route's dependencies).
     gated = {route.path for router in keyed for route in router.routes}
+    # Innermost of the gates: a request without a key hears 401, not how busy the service is.
+    app.add_middleware(LoadShedGate, routes={route.path: route for route in segment.router.routes},
+                       admission=lambda: app.state.service.admission if app.state.service else None)
     app.add_middleware(ApiKeyGate, keys=settings.api_keys, paths=gated)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_request_bytes,
                        body_timeout=settings.body_timeout)

@@ -22,7 +22,7 @@ from bench.results import publish
 from app.core.config import DEFAULT_MODEL_PATH, Settings
 
 INT8_MODEL = DEFAULT_MODEL_PATH.with_name(DEFAULT_MODEL_PATH.stem + "-int8.onnx")
-VAL = Settings().model_path.parents[1].parent / "shared" / "data" / "covid-qu-ex" / "Infection Segmentation Data" / "Val"
+VAL = DEFAULT_MODEL_PATH.parents[1].parent / "shared" / "data" / "covid-qu-ex" / "Infection Segmentation Data" / "Val"
 
 
 def val_images(n: int) -> list[Path]:

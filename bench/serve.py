@@ -105,13 +105,17 @@ def rss_peak_kb(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def server(model: Path, providers: str, microbatch_wait_ms: float, app_root: Path = ROOT
-           ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The real service on loopback, ready; ``app_root``: the checkout whose ``app`` is served (e.g. a
-    ``git archive`` of an earlier commit, to compare before and after in the same conditions)."""
+def server(model: Path | None, providers: str, microbatch_wait_ms: float, app_root: Path = ROOT,
+           **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The real service on loopback, ready; ``model`` None: the service's default for the provider; ``app_root``:
+    the checkout whose ``app`` is served (e.g. a ``git archive`` of an earlier commit, to compare before and after
+    in the same conditions); ``settings``: more COVIDSEG_* variables."""
     port = free_port()
-    env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model), "COVIDSEG_LOG_LEVEL": "warning",
-           "COVIDSEG_PROVIDERS": providers, "COVIDSEG_MICROBATCH_WAIT_MS": str(microbatch_wait_ms)}
+    env = {k: v for k, v in os.environ.items() if k != "COVIDSEG_MODEL_PATH"}
+    env.update({"COVIDSEG_LOG_LEVEL": "warning", "COVIDSEG_PROVIDERS": providers,
+                "COVIDSEG_MICROBATCH_WAIT_MS": str(microbatch_wait_ms), **settings})
+    if model is not None:
+        env["COVIDSEG_MODEL_PATH"] = str(model)
     proc = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)], env=env,
                             cwd=app_root)
     url = f"http://127.0.0.1:{port}"

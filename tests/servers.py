@@ -81,18 +81,26 @@ def orthanc(work: Path, http_port: int | None = None, dicom_port: int | None = N
 
 
 @contextlib.contextmanager
-def service(log: Path | None = None, **env: str) -> Iterator[str]:
+def service(log: Path | None = None, module: str = "app", **env: str) -> Iterator[str]:
     """The HTTP service on the model under test (its output, stdout and stderr, in ``log`` when given);
-    yields its URL."""
+    yields its URL. ``module``: what ``python -m`` runs (``python -m app``, or a test's variant of it)."""
+    with service_process(log, module, **env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def service_process(log: Path | None = None, module: str = "app",
+                    **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """:func:`service`, with its process (to signal it)."""
     port = free_port()
     env = {**os.environ, "COVIDSEG_MODEL_PATH": str(model_under_test()), "COVIDSEG_LOG_LEVEL": "warning", **env}
     url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(log, "a")) if log is not None else None
-        stack.enter_context(running([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-                                    lambda: answers(f"{url}/ready"), "service", env=env, cwd=ROOT,
-                                    stdout=out, stderr=subprocess.STDOUT if out else None))
-        yield url
+        proc = stack.enter_context(running([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
+                                           lambda: answers(f"{url}/ready"), "service", env=env, cwd=ROOT,
+                                           stdout=out, stderr=subprocess.STDOUT if out else None))
+        yield url, proc
 
 
 def echo(port: int, calling: str, called: str = "COVIDSEG") -> subprocess.CompletedProcess:

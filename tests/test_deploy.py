@@ -41,12 +41,45 @@ def stage(name: str) -> str:
     return re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM |\Z)", DOCKERFILE, re.M | re.S).group(1)
 
 
+def image(name: str) -> str:
+    """What makes one image: its runtime stage and the builder stage whose environment it copies."""
+    (builder,) = re.findall(r"^COPY --from=(\S+) /srv/\.venv /srv/\.venv$", stage(name), re.M)
+    return stage(builder) + stage(name)
+
+
 def test_dockerfile_installs_like_the_readme():
     serve, _ = readme_commands()
     install = re.search(r"\.venv/bin/pip install [^&]+", serve).group(0).strip()
     assert install == '.venv/bin/pip install -e ".[cpu]"'
-    assert install in stage("cpu")  # the CPU image installs the project exactly as the README does
-    assert '.venv/bin/pip install -e ".[gpu]"' in stage("gpu") and "[cpu]" not in stage("gpu")
+    assert install in image("cpu")  # the CPU image installs the project exactly as the README does
+    assert '.venv/bin/pip install -e ".[gpu]"' in image("gpu") and "[cpu]" not in image("gpu")
+
+
+def test_runtime_stages_copy_only_the_environment_from_their_builders():
+    """pip's settings and the wheelhouse stay in the builder stages: a runtime image holds none of them."""
+    for name in ("cpu", "gpu", "batch"):
+        assert re.search(rf"^FROM base AS {name}$", DOCKERFILE, re.M)
+        assert "pip install" not in stage(name) and "ARG PIP_" not in stage(name) and "wheelhouse" not in stage(name)
+        builder = re.search(r"^COPY --from=(\S+) ", stage(name), re.M).group(1)
+        for setting in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_NO_INDEX", "PIP_FIND_LINKS"):
+            assert re.search(rf"^ARG {setting}\b", stage(builder), re.M), (builder, setting)
+    assert (ROOT / "wheelhouse").is_dir()  # COPY wheelhouse needs it, wheels or not
+
+
+def test_labels_name_the_version_and_each_images_default_model():
+    import json
+
+    from app.core.config import Settings
+    from app.pipeline.providers import CPU_PROVIDER
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f'org.opencontainers.image.version="{version}"' in stage("base")
+    for name, provider in (("cpu", CPU_PROVIDER), ("batch", CPU_PROVIDER), ("gpu", "CUDAExecutionProvider")):
+        model, _ = Settings().model_for([provider])
+        card = json.loads(model.with_suffix(".card.json").read_text())
+        labels = dict(re.findall(r'(covidseg\.model\.\w+)="([^"]*)"', stage(name)))
+        assert labels == {"covidseg.model.name": card["name"], "covidseg.model.version": card["version"],
+                          "covidseg.model.sha256": card["sha256"]}, name
 
 
 def test_gpu_stage_pins_agree_with_the_gpu_extra():
@@ -55,14 +88,14 @@ def test_gpu_stage_pins_agree_with_the_gpu_extra():
     assert re.fullmatch(r"onnxruntime-gpu\[cuda,cudnn\]==\d+\.\d+\.\d+", gpu)  # pinned, CUDA libraries from pip
     assert extras["cpu"] == ["onnxruntime>=1.18"]
     # the image gets onnxruntime-gpu only through the extra, so its pin is the extra's
-    assert "onnxruntime" not in stage("gpu").replace('".[gpu]"', "")
+    assert "onnxruntime" not in image("gpu").replace('".[gpu]"', "")
     # one Python base for both images (CUDA comes from the extra, not from a CUDA base image)
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS base$", DOCKERFILE, re.M)
     assert re.search(r"^FROM base AS gpu$", DOCKERFILE, re.M) and re.search(r"^FROM base AS cpu$", DOCKERFILE, re.M)
 
 
 def test_dockerfile_copies_what_exists_and_serves_safely():
-    for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", DOCKERFILE, re.M):
+    for src in re.findall(r"^COPY\s+(?!--from=)(?:--\S+\s+)*(.+?)\s+\S+$", DOCKERFILE, re.M):
         for part in src.split():
             assert (ROOT / part).exists(), f"COPY source {part} missing"
     assert "models/covidseg-unet-r34.onnx" in [p.relative_to(ROOT).as_posix() for p in (ROOT / "models").iterdir()]
@@ -88,6 +121,11 @@ def test_compose_file():
     assert svc["read_only"] is True and "/tmp" in svc["tmpfs"]
     assert "/ready" in " ".join(svc["healthcheck"]["test"])
     assert "COVIDSEG_API_KEYS" in svc["environment"]
+    # SIGTERM drains the requests in work for COVIDSEG_DRAIN_TIMEOUT: the engine's SIGKILL comes only after that
+    from app.core.config import Settings
+
+    assert int(svc["stop_grace_period"].removesuffix("s")) > Settings().drain_timeout
+    assert svc["init"] is True  # a PID 1 that passes SIGTERM on and reaps children
     gpu = compose["services"]["covidseg-gpu"]
     assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
@@ -128,8 +166,8 @@ def test_ray_stays_out_of_the_serving_images_and_the_batch_image_and_profile_hav
     assert any(d.startswith("ray[data,default]==") for d in project["optional-dependencies"]["batch"])  # pinned
     assert not [d for d in project["dependencies"] if d.startswith(("ray", "pyarrow"))]
     for name in ("cpu", "gpu"):
-        assert not [line for line in re.findall(r"pip install.*", stage(name)) if "batch" in line]
-    assert '.venv/bin/pip install -e ".[cpu,batch]"' in stage("batch")
+        assert not [line for line in re.findall(r"pip install.*", image(name)) if "batch" in line]
+    assert '.venv/bin/pip install -e ".[cpu,batch]"' in image("batch")
     assert re.search(r"^USER (?!root)\S+", stage("batch"), re.M) and "HEALTHCHECK NONE" in stage("batch")
     batch = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["batch"]
     assert batch["profiles"] == ["batch"] and batch["build"]["target"] == "batch"
@@ -138,3 +176,17 @@ def test_ray_stays_out_of_the_serving_images_and_the_batch_image_and_profile_hav
     assert any(v.endswith(":/data:ro") for v in batch["volumes"])  # the archive is never written to
     out = batch["command"][batch["command"].index("--out") + 1]
     assert any(out.startswith(v.split(":")[1]) for v in batch["volumes"] if not v.endswith(":ro"))
+
+
+def test_compose_overrides_name_only_services_they_extend():
+    """deploy/docker's override files change what they say and nothing else (run for real in tests/deploy)."""
+    shipped = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    docker = ROOT / "deploy" / "docker"
+    engine25 = yaml.safe_load((docker / "engine-25.yml").read_text())["services"]
+    assert set(engine25) == {name for name, svc in shipped.items() if "healthcheck" in svc}
+    assert all(svc["healthcheck"] == {"interval": "30s", "start_interval": "1s"} for svc in engine25.values())
+    # Debian's Orthanc reads the shipped service's ORTHANC__* settings: the override sets none of its own
+    assert set(yaml.safe_load((docker / "orthanc-debian.yml").read_text())["services"]["orthanc"]) == {"image", "build"}
+    cluster = yaml.safe_load((docker / "ray-cluster.yml").read_text())["services"]
+    assert {svc["image"] for svc in cluster.values()} == {shipped["batch"]["image"]}
+    assert set(yaml.safe_load((docker / "ray-hosts.yml").read_text())["services"]) == set(cluster)

@@ -266,18 +266,20 @@ def histograms() -> set[str]:
     return {m.name for m in ServiceMetrics().registry.collect() if m.type == "histogram"}
 
 
-def memory_table() -> dict[str, float]:
-    """bench/RESULTS.md's memory figures (MiB): the largest baseline, single-image and batch increases."""
+def memory_table() -> dict:
+    """bench/RESULTS.md's memory figures (MiB): the largest baseline and single-image increase, each request's
+    increase against the admission's estimate, and the bursts' largest peak."""
     text = (ROOT / "bench" / "RESULTS.md").read_text()
     block = re.search(r"<!-- memory:start -->(.*?)<!-- memory:end -->", text, re.DOTALL).group(1)
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()
-            if re.match(r"\|\s*\d", line)]
-    single = [r for r in rows if r[1] == "/segment"]
-    batch = [r for r in rows if r[1].startswith("/segment/batch")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")]
+    rows = [r for r in cells if re.fullmatch(r"[\dx]+", r[0])]
+    bursts = [r for r in cells if re.match(r"\d+ x /segment", r[0])]
+    assert rows and bursts, "bench/RESULTS.md has no memory table (python -m bench.memory)"
+    single = [r for r in rows if r[1] == "/segment" and r[0] == "3000"]
     return {"baseline": max(float(r[3]) for r in rows),
             "single": max(float(r[5].lstrip("+")) for r in single),
-            "batch": max(float(r[5].lstrip("+")) for r in batch),
-            "batch_files": min(int(re.search(r"(\d+) images", r[1]).group(1)) for r in batch)}
+            "estimates": [(float(r[5].lstrip("+")), float(r[6]), f"{r[0]} {r[1]} {r[2]}") for r in rows],
+            "burst_peak": max(float(r[4]) for r in bursts)}
 
 
 # ------------------------------------------------------------------------------------ rendering, schemas
@@ -748,18 +750,31 @@ def service_container(docs: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("target", SERVICE_TARGETS)
-def test_service_memory_follows_the_bench_figures_and_the_image_concurrency(target, monkeypatch):
+def test_service_memory_follows_the_bench_figures_and_the_work_memory(target, monkeypatch):
     docs = render(target)
     container = service_container(docs)
     settings = settings_of(docs, container, monkeypatch)
     bench = memory_table()
-    assert settings.max_batch_files <= bench["batch_files"], "the memory limit covers batches as measured"
-    concurrency = settings.image_concurrency
-    need_request = bench["baseline"] + concurrency * bench["single"]
-    need_limit = bench["baseline"] + bench["batch"] + (concurrency - 1) * bench["single"]
+    need_request = bench["baseline"] + settings.image_concurrency * bench["single"]
+    need_limit = bench["baseline"] + settings.work_memory_mb  # whatever mix of requests the admission lets in
     request, limit = (mebibytes(container["resources"][k]["memory"]) for k in ("requests", "limits"))
     assert need_request <= request <= 1.1 * need_request, (need_request, request)
     assert need_limit <= limit <= 1.1 * need_limit, (need_limit, limit)
+    assert bench["burst_peak"] <= limit, "a measured burst of allowed requests outgrew the limit"
+
+
+def test_the_admissions_estimate_covers_every_measured_request():
+    for increase, estimate, case in memory_table()["estimates"]:
+        assert estimate >= increase, f"{case}: the admission counts {estimate} MB for a request that held {increase}"
+
+
+@pytest.mark.parametrize("target", SERVICE_TARGETS)
+def test_the_grace_period_covers_the_drain(target, monkeypatch):
+    docs = render(target)
+    pod = named(docs, "Deployment", "covidseg")["spec"]["template"]["spec"]
+    settings = settings_of(docs, service_container(docs), monkeypatch)
+    # the drain, then the lifespan's end and the exit (a few seconds), before the kubelet's SIGKILL
+    assert pod["terminationGracePeriodSeconds"] >= settings.drain_timeout + 10
 
 
 @pytest.mark.parametrize("target", TARGETS)

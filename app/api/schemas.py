@@ -12,6 +12,9 @@ from app.pipeline.postprocess import severity_ranges
 
 __all__ = [
     "ERROR_RESPONSES",
+    "KEYED_ERROR_RESPONSES",
+    "SERVICE_ERROR_RESPONSES",
+    "ErrorBody",
     "BatchResponse",
     "DicomIdentifiers",
     "ImageInfo",
@@ -102,15 +105,40 @@ class BatchResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
+class ErrorBody(BaseModel):
+    """Every error's body, whoever answers it (a route, the middleware or the server itself)."""
+
+    detail: str = Field(description="what was wrong, for a person (never the file's content)")
+    code: str = Field(description="what was wrong, for a program: e.g. corrupt_image, too_many_pixels, overloaded")
+    request_id: str | None = Field(None, description="the X-Request-ID header: names the request in the logs")
+    errors: list[dict[str, Any]] | None = Field(None, description="invalid_parameter: each parameter's problem")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "model": ErrorBody}
+
+
+#: What any route may answer: the server's and the middleware's own errors.
+SERVICE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("bad_request: the request line or headers cannot be parsed as HTTP"),
+    408: _error("request_timeout: the request's headers or body did not arrive in time (connection closed)"),
+    500: _error("internal_error: an error of the service, logged under the request id (connection closed)"),
+    503: _error("not_ready (the model is loading), too_many_connections, overloaded (the request would wait "
+                "longer than COVIDSEG_MAX_QUEUE_WAIT_S) or shutting_down; Retry-After says when to try again"),
+}
+#: What the routes behind the API key may answer besides.
+KEYED_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **SERVICE_ERROR_RESPONSES,
+    401: _error("unauthorized: missing or invalid X-API-Key (when keys are configured)"),
+}
+#: What the segmentation routes may answer besides.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "empty, truncated or corrupt file"},
-    422: {"description": "invalid parameter (threshold, format, output, include, outputs), missing file, DICOM without "
-                        "pixel data or multi-frame, a DICOM output asked of a non-DICOM input, a DICOM the selection "
-                        "rules leave out (not_selected), or an image the model cannot judge: no_contrast, "
-                        "not_a_chest_radiograph, appears_inverted (the detail says what was measured against "
-                        "which limit)"},
-    401: {"description": "missing or invalid X-API-Key (when keys are configured)"},
-    413: {"description": "file over the upload limit, or image over the pixel limit"},
-    415: {"description": "not an image, or an unsupported format or pixel mode"},
-    503: {"description": "model not loaded yet"},
+    400: _error("empty, truncated or corrupt file (empty_file, corrupt_image, corrupt_dicom, ...)"),
+    422: _error("invalid parameter (threshold, format, output, include, outputs), missing file, DICOM without "
+                "pixel data or multi-frame, a DICOM output asked of a non-DICOM input, a DICOM the selection "
+                "rules leave out (not_selected), or an image the model cannot judge: no_contrast, "
+                "not_a_chest_radiograph, appears_inverted (the detail says what was measured against which limit)"),
+    413: _error("payload_too_large: file over the upload limit; too_many_pixels: an image over the pixel limit, or "
+                "a request whose images need more working memory than COVIDSEG_WORK_MEMORY_MB"),
+    415: _error("not an image, or an unsupported format or pixel mode"),
 }

@@ -12,13 +12,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.pipeline.dicom.common import DEFAULT_SERIES_NUMBERS, ResultOptions
 from app.pipeline.dicom.common import KINDS as RESULT_KINDS
-from app.pipeline.providers import CudaOptions  # not app.pipeline.infer: that loads ONNX Runtime
+from app.pipeline.providers import CPU_PROVIDER, CudaOptions  # not app.pipeline.infer: that loads ONNX Runtime
 from app.pipeline.select import CHEST_BODY_PARTS, CHEST_XRAY_MODALITIES, FRONTAL_VIEWS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_NAME = "covidseg-unet-r34"
-#: The shipped model: the one place its path is spelled.
+#: The shipped model and its int8 sibling: the one place their paths are spelled.
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / f"{DEFAULT_MODEL_NAME}.onnx"
+INT8_MODEL_PATH = DEFAULT_MODEL_PATH.with_name(f"{DEFAULT_MODEL_NAME}-int8.onnx")
 #: Where the node spools when the user has no home folder (a system account).
 SYSTEM_SPOOL_DIR = Path("/var/lib/covidseg/spool")
 
@@ -47,7 +48,10 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
-    model_path: Path = Field(DEFAULT_MODEL_PATH, description="ONNX model; its card is <model>.card.json beside it")
+    model_path: Path | None = Field(None, description="ONNX model; its card is <model>.card.json beside it; empty: "
+                                                      "the shipped model for the execution provider, its int8 "
+                                                      "sibling on CPU (the same Val Dice at twice the throughput), "
+                                                      "fp32 on CUDA")
     verify_card: bool = Field(True, description="refuse to start when the model card does not describe the "
                                                 "model file (sha256); false only while developing")
     tta: Literal["none", "flip"] = Field("none", description="default test-time augmentation: none, or flip "
@@ -63,8 +67,18 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = default)")
     inference_concurrency: int = Field(1, ge=1, description="model runs at once (1 keeps the cores for one run)")
     image_concurrency: int = Field(4, ge=1, description="requests worked on at full resolution at once (decode "
-                                                        "to answer; the model run too without micro-batching): "
-                                                        "bounds memory (bench/RESULTS.md)")
+                                                        "to answer; the model run too without micro-batching), "
+                                                        "within work_memory_mb")
+    work_memory_mb: float = Field(1920, gt=0, description="memory that the requests worked on at once may hold, "
+                                                          "estimated from their images' pixels before decoding "
+                                                          "(bench/RESULTS.md, memory); others wait, and a request "
+                                                          "over it alone is refused (413 too_many_pixels)")
+    max_queue_wait_s: float = Field(10.0, gt=0, description="longest wait for admission: a request that would wait "
+                                                            "longer is answered 503 with Retry-After at once (or "
+                                                            "when its wait reaches it)")
+    drain_timeout: float = Field(20.0, gt=0, description="on SIGTERM: seconds for the requests in work to finish "
+                                                         "(queued ones are answered 503 at once), then exit; keep "
+                                                         "it under the orchestrator's grace period")
     microbatch_wait_ms: float | None = Field(
         None, ge=0, description="micro-batching: how long a request may wait for others to share a model run; "
                                 "0 turns it off; empty: 2 ms on CUDA, off on CPU")
@@ -120,14 +134,23 @@ class Settings(BaseSettings):
     node_destination: str | None = Field(None, description="where results go by C-STORE: AE@host:port")
     node_stow_url: str | None = Field(None, description="where results go by STOW-RS: a DICOMweb base URL")
     node_outputs: CommaList = Field(list(RESULT_KINDS), description="results made per image: seg, sc, sr")
-    node_sc_transfer_syntax: Literal["jpeg-ls-lossless", "jpeg2000-lossless", "rle", "uncompressed"] = Field(
-        "jpeg-ls-lossless", description="C-STORE: the compressed (lossless) transfer syntax also proposed for the "
-                                        "Secondary Capture; sent uncompressed when the destination refuses it")
+    node_sc_transfer_syntax: Literal["jpeg-ls-lossless", "jpeg2000-lossless", "rle", "jpeg-baseline",
+                                     "uncompressed"] = Field(
+        "jpeg-ls-lossless", description="C-STORE: the compressed transfer syntax also proposed for the Secondary "
+                                        "Capture (lossless ones keep the SC as made; jpeg-baseline makes the SC "
+                                        "lossy, an object of its own UID); sent uncompressed when the destination "
+                                        "refuses it")
+    node_sc_max_size: int = Field(0, ge=0, description="the node's Secondary Capture at most this many pixels on "
+                                                       "its longer side (a smaller object of its own UID); 0: the "
+                                                       "source's size")
     node_threshold: float | None = Field(None, ge=0, le=1, description="infection threshold (default: the card's)")
     node_spool_dir: Path = Field(default_factory=default_spool_dir,
                                  description="received images and undelivered results (patient data: owner-only, "
                                              "emptied on delivery); default outside the checkout")
     node_retry_max_wait: float = Field(60.0, gt=0, description="longest wait between delivery attempts, seconds")
+    node_heartbeat_interval: float = Field(10.0, gt=0, le=60, description="seconds between the marks each live "
+                                                                          "worker leaves in the spool for python -m "
+                                                                          "app.node.health")
     node_audit_log: Path | None = Field(None, description="the node's audit trail, one JSON line per event (AE "
                                                           "titles, addresses and UIDs: owner-only); empty: "
                                                           "audit/node-audit.jsonl in the spool folder")
@@ -186,6 +209,14 @@ class Settings(BaseSettings):
         if unknown or not value:
             raise ValueError(f"choose one or more of {', '.join(RESULT_KINDS)}; got {', '.join(value) or 'none'}")
         return value
+
+    def model_for(self, providers: list[str]) -> tuple[Path, str]:
+        """The model to load on ``providers`` (the resolved list, first used first), and why it was chosen."""
+        if self.model_path is not None:
+            return self.model_path, "COVIDSEG_MODEL_PATH"
+        if providers[0] == CPU_PROVIDER:
+            return INT8_MODEL_PATH, "the default on CPU: the shipped int8 model"
+        return DEFAULT_MODEL_PATH, f"the default on {providers[0]}: the shipped fp32 model"
 
     def cuda_options(self) -> CudaOptions:
         return CudaOptions(self.cuda_device_id, self.cuda_tf32, self.cuda_conv_algo_search, self.cuda_memory_limit_mb)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.pipeline.errors import PipelineError, Problem
+from app.services.admission import Overloaded
 
 log = logging.getLogger("app.errors")
 #: The one place pipeline problems become HTTP statuses.
@@ -61,6 +62,12 @@ def install_error_handlers(app: FastAPI) -> None:
         log_refusal(exc, status, request)
         return error_response(status, exc.code, exc.message, request)
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        log.info("refused on %s: 503 %s (request %s)", request.url.path, exc.code,
+                 getattr(request.state, "request_id", "-"))
+        return error_response(503, exc.code, exc.message, request, headers={"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The offending input is not echoed back: it may be (part of) an uploaded file.
@@ -75,11 +82,3 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             detail = str(exc.detail)
         return error_response(exc.status_code, code, detail, request, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged by type only: messages of decoder errors may quote file content.
-        log.error("unexpected %s on %s (request %s)", type(exc).__name__, request.url.path,
-                  getattr(request.state, "request_id", "-"))
-        return error_response(500, "internal_error", "internal error; the request id identifies it in the logs",
-                              request)

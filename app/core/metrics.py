@@ -21,6 +21,10 @@ class ServiceMetrics:
         self.queue_wait = Histogram("covidseg_inference_queue_wait_seconds",
                                     "time a request's images waited to be batched with others (micro-batching)",
                                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), registry=self.registry)
+        self.admission_wait = Histogram("covidseg_admission_wait_seconds",
+                                        "time a request waited to be admitted to work on its full-size images "
+                                        "(those refused 503 overloaded not included)",
+                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter("covidseg_images_total", "images segmented", registry=self.registry)
         self.model = Info("covidseg_model", "the loaded model", registry=self.registry)
 

@@ -1,19 +1,28 @@
-"""Request context as plain ASGI middleware: request id, request body cap (413) and deadline (408), metrics,
-one log line."""
+"""Request context as plain ASGI middleware: request id, request body cap (413) and deadline (408), the last
+resort for unexpected errors (a JSON 500), metrics, one log line."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+import traceback
 import uuid
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.disconnect import ClientGone
 from app.core.metrics import ServiceMetrics
 
 log = logging.getLogger("app.access")
+errors_log = logging.getLogger("app.errors")
+
+#: The status counted and logged for a request whose client hung up before its answer (nginx's convention).
+CLIENT_CLOSED = 499
+#: Answers left out of the latency histogram: a shed request's 503 comes at once, and under overload those would
+#: pull the p95 down, hiding the overload from an autoscaler that scales on it (components/scale-on-latency).
+UNTIMED = frozenset({503, CLIENT_CLOSED})
 
 
 class _Refused(Exception):
@@ -51,7 +60,10 @@ class _Exchange:
         # The whole body must be in by this time: a client that stalls or trickles holds the request.
         self.deadline, self.body_timeout, self.body_done = time.monotonic() + body_timeout, body_timeout, False
         self.refusal: _Refused | None = None
-        self.answered = False
+        self.answered = False  # a refusal answered
+        self.started = False  # an answer's start sent
+        self.disconnected = False  # the client hung up before its body was in or before its answer
+        self.failed = False  # an error nothing handled
 
     def too_large(self) -> _Refused:
         return _Refused(413, "payload_too_large", f"request body is larger than the limit of {self.limit} bytes")
@@ -76,14 +88,19 @@ class _Exchange:
 
     async def receive(self) -> Message:
         if self.body_done:  # e.g. a wait for http.disconnect while the answer is worked out: no deadline
-            return await self._receive()
+            message = await self._receive()
+            # after an answer has begun, the server's disconnect is the end of the exchange, not a client gone
+            self.disconnected |= message["type"] == "http.disconnect" and not self.started
+            return message
         try:
             with anyio.fail_after(max(self.deadline - time.monotonic(), 0)):
                 message = await self._receive()
         except TimeoutError:
             self.refusal = self.too_slow()
             raise self.refusal from None
-        if message["type"] == "http.request":
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        elif message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             self.body_done = not message.get("more_body", False)
             if self.received > self.limit:
@@ -97,9 +114,39 @@ class _Exchange:
             await self.refuse(self.refusal)
             return
         if message["type"] == "http.response.start":
-            self.code = message["status"]
+            self.code, self.started = message["status"], True
             message["headers"] = [*message.get("headers", []), (b"x-request-id", self.id.encode())]
         await self._send(message)
+
+    async def fail(self, exc: Exception, path: str) -> None:
+        """The last resort for an error nothing else handled: logged with its traceback, answered as a JSON 500
+        (when no answer has begun) that closes the connection, since the state of the request's body is
+        unknown."""
+        log_unexpected(exc, path, self.id)
+        self.code, self.failed = 500, True
+        if self.started or self.answered or self.disconnected:
+            return
+        body = error_body("internal_error", "internal error; the request id identifies it in the logs", self.id)
+        await self._send({"type": "http.response.start", "status": 500,
+                          "headers": [(b"content-type", b"application/json"),
+                                      (b"content-length", str(len(body)).encode()),
+                                      (b"x-request-id", self.id.encode()), (b"connection", b"close")]})
+        await self._send({"type": "http.response.body", "body": body})
+        self.started = True
+
+    @property
+    def outcome(self) -> int:
+        """The status to count and log: what was answered, or :data:`CLIENT_CLOSED` when the client hung up
+        first (whatever the app made of the broken request)."""
+        return CLIENT_CLOSED if self.disconnected and not self.failed else self.code
+
+
+def log_unexpected(exc: BaseException, path: str, request_id: str) -> None:
+    """An error log line with the traceback's frames and the exception's type, not its message: messages of
+    decoders quote the file's content, and files are patient data."""
+    frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    errors_log.error("unexpected %s on %s (request %s); message left out, traceback:\n%s", type(exc).__name__, path,
+                     request_id, frames)
 
 
 class RequestContextMiddleware:
@@ -128,12 +175,17 @@ class RequestContextMiddleware:
                 await self.app(scope, exchange.receive, exchange.send)
             except _Refused as refusal:
                 await exchange.refuse(refusal)
-        self._record(scope, exchange.code, start, exchange.id)
+            except ClientGone:  # nobody to answer: counted as such below
+                exchange.disconnected = True
+            except Exception as exc:  # noqa: BLE001 - the last resort: answered, logged and counted here
+                await exchange.fail(exc, scope.get("path", ""))
+        self._record(scope, exchange.outcome, start, exchange.id)
 
     def _record(self, scope: Scope, code: int, start: float, request_id: str) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         elapsed = time.perf_counter() - start
         self.metrics.requests.labels(template, scope.get("method", ""), str(code)).inc()
-        self.metrics.latency.labels(template).observe(elapsed)
+        if code not in UNTIMED:
+            self.metrics.latency.labels(template).observe(elapsed)
         log.info("%s %s %d %.1fms id=%s", scope.get("method"), template, code, 1000 * elapsed, request_id)

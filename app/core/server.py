@@ -24,6 +24,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import ClassVar
 
 import uvicorn
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.config import Settings
+from app.core.metrics import ServiceMetrics
 from app.core.middleware import error_body, new_request_id
 
 log = logging.getLogger("app.server")
@@ -48,11 +50,22 @@ PROBE_PATHS = frozenset({"/health", "/ready"})
 PROBE_CONNECTIONS = 8
 
 
+#: The route label under which answers given before any request was read are counted (no route is known).
+CONNECTION_ROUTE = "connection"
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     header_timeout: float
     max_connections: int
     probe_port: int = 0  # 0: none
+    metrics: ServiceMetrics | None = None  # where the server's own answers are counted
+
+    def count(self, status: int) -> None:
+        """Count an answer the server gave itself (503 at the cap, 408 for late headers, 400 for malformed HTTP)
+        with the app's answers, so that an alert on the error rate sees them."""
+        if self.metrics is not None:
+            self.metrics.requests.labels(CONNECTION_ROUTE, "", str(status)).inc()
 
 
 def error_response(status: int, code: str, detail: str, *headers: str) -> bytes:
@@ -176,6 +189,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.info("request headers not complete within %g s: 408, connection closed", self.limits.header_timeout)
             self.transport.write(error_response(408, "request_timeout", "request headers not received within "
                                                 f"{self.limits.header_timeout:g} s"))
+            self.limits.count(408)
         self.transport.close()  # answered (or not): drained, then closed
 
     def _refuse(self, transport: asyncio.Transport, cap: int) -> None:
@@ -184,7 +198,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         log.warning("%d connections open: a new one refused with 503", cap)
         transport.write(error_response(503, "too_many_connections", f"the service has {cap} connections open; "
                                        "retry later", "retry-after: 1"))
+        self.limits.count(503)
         self._close_after_answer(transport)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP (a malformed Content-Length, Content-Length with chunked,
+        a URL over the parser's limit), as the service's JSON error instead of uvicorn's plain text."""
+        self.transport.write(error_response(400, "bad_request", "invalid HTTP request: the request line or "
+                                            "headers could not be parsed"))
+        self.limits.count(400)
+        self.transport.close()
 
     def _drain_and_close(self, transport: asyncio.Transport) -> None:
         """Input read and dropped from now on, and the connection closed once the client has read the answer."""
@@ -242,18 +265,40 @@ def protocol_class(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits, "probes": set()})
 
 
-def serve(app: ASGIApp, settings: Settings) -> None:
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose shutdown (SIGTERM, Ctrl-C) first calls ``on_shutdown``: the service refuses what
+    is queued at once, so that only the work in progress is drained (within ``timeout_graceful_shutdown``)."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None] | None = None):
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        log.info("shutting down: queued requests refused, those in work get up to %g s",
+                 self.config.timeout_graceful_shutdown or 0)
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        await super().shutdown(sockets)
+
+
+def serve(app: ASGIApp, settings: Settings, metrics: ServiceMetrics | None = None,
+          on_shutdown: Callable[[], None] | None = None) -> None:
     """Serve ``app`` on ``settings.host:port`` (and the probe port, when set) until stopped, with the limits
-    of ``settings``."""
+    of ``settings``; the server's own answers are counted in ``metrics``; ``on_shutdown`` is called when a
+    shutdown begins, before the drain."""
     if settings.probe_port and settings.probe_port == settings.port:
         raise SystemExit(f"COVIDSEG_PROBE_PORT must differ from the service's port {settings.port}")
-    limits = ConnectionLimits(settings.header_timeout, settings.max_connections, settings.probe_port)
+    limits = ConnectionLimits(settings.header_timeout, settings.max_connections, settings.probe_port, metrics)
     options = {"host": settings.host, "log_level": settings.log_level, "access_log": False,
-               "http": protocol_class(limits), "timeout_keep_alive": settings.keepalive_timeout}
-    if not settings.probe_port:
-        uvicorn.run(app, port=settings.port, **options)
-        return
-    config = uvicorn.Config(ProbeOnly(app, settings.probe_port), port=settings.port, **options)
-    sockets = [config.bind_socket(), uvicorn.Config(app, port=settings.probe_port, **options).bind_socket()]
+               "http": protocol_class(limits), "timeout_keep_alive": settings.keepalive_timeout,
+               "timeout_graceful_shutdown": settings.drain_timeout}
+    served = ProbeOnly(app, settings.probe_port) if settings.probe_port else app
+    config = uvicorn.Config(served, port=settings.port, **options)
+    sockets = [config.bind_socket()]
+    if settings.probe_port:
+        sockets.append(uvicorn.Config(app, port=settings.probe_port, **options).bind_socket())
+    server = DrainingServer(config, on_shutdown)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C ends it quietly, as it does uvicorn.run
-        uvicorn.Server(config).run(sockets=sockets)
+        server.run(sockets=sockets)
+    if not server.started:  # as uvicorn.run: the start failed (the model did not load, say)
+        raise SystemExit(3)

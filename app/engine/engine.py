@@ -32,7 +32,7 @@ from app.engine.results import Measurements, SegmentationResults
 from app.pipeline.dicom.common import ModelRef, ResultOptions
 from app.pipeline.errors import PipelineError
 from app.pipeline.infer import (FEATURE_DISTANCE, FRONTAL_SCORE, ModelLoadError, ModelOutputs, OnnxSegmenter,
-                                tta_expand, tta_merge_outputs)
+                                resolve_providers, tta_expand, tta_merge_outputs)
 from app.pipeline.inputs import ParsedInput, decode_parsed, parse_upload
 from app.pipeline.judge import NOT_A_CHEST, JudgeLimits, Judgement, appears_inverted, judged, measure
 from app.pipeline.load import LoadedImage
@@ -79,16 +79,20 @@ class Engine:
     default_tta: str = setting_default("tta")
     #: Evaluation only: another region rule than the card's (0 keeps every region); None: the card's.
     region_peak_override: float | None = None
+    #: Why this model was loaded (the setting, or the default for the execution provider).
+    model_choice: str = "given"
 
     @classmethod
     def from_settings(cls, settings: Settings, intra_op_threads: int | None = None) -> Engine:
         """The engine the settings describe; ``intra_op_threads`` overrides theirs (a batch worker's share)."""
         threads = settings.intra_op_threads if intra_op_threads is None else intra_op_threads
-        model = OnnxSegmenter(settings.model_path, providers=settings.providers, intra_op_threads=threads,
+        providers = resolve_providers(settings.providers)
+        path, choice = settings.model_for(providers)
+        model = OnnxSegmenter(path, providers=providers, intra_op_threads=threads,
                               inter_op_threads=settings.inter_op_threads, cuda=settings.cuda_options())
-        return cls(model=model, card=load_card(settings.model_path, model.info.sha256, settings.verify_card),
+        return cls(model=model, card=load_card(path, model.info.sha256, settings.verify_card),
                    result_options=settings.result_options(), selection=SelectionRules.from_settings(settings),
-                   max_pixels=settings.max_pixels, default_tta=settings.tta)
+                   max_pixels=settings.max_pixels, default_tta=settings.tta, model_choice=choice)
 
     @property
     def default_threshold(self) -> float:

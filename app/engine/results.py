@@ -90,10 +90,11 @@ def dicom_of(kind: str, seg: Segmentation, loaded: LoadedImage, model: ModelRef,
     except PipelineError:  # the writers' own refusal already says what is missing
         raise
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        # highdicom refuses sources that lack what the result must copy (study, patient module...)
+        # highdicom refuses sources that lack what the result must copy (study, patient module...). Its message
+        # is not echoed: it quotes the source's values, which are patient data.
         raise PipelineError(Problem.INVALID, "incomplete_dicom",
-                            f"cannot build dicom-{kind} from this DICOM: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+                            f"cannot build dicom-{kind} from this DICOM: an attribute the result copies is missing "
+                            f"or has a value it cannot hold ({type(exc).__name__})") from exc
 
 
 @dataclass(frozen=True)

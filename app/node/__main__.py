@@ -35,8 +35,9 @@ from app.node.scp import (
 )
 from app.node.sender import CStoreSender, DicomDestination, StowSender
 from app.node.spool import Spool
-from app.node.worker import Deliverer, Segmenter
+from app.node.worker import Deliverer, Heartbeat, Segmenter
 from app.pacs.dicomweb import DicomWebClient
+from app.pipeline.dicom.common import ScForm
 
 log = logging.getLogger("app.node")
 
@@ -108,16 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     me = Participant(settings.node_ae_title, settings.node_host, settings.node_port)
     deliverer = Deliverer(spool, senders, settings.node_retry_max_wait, node=Participant(settings.node_ae_title),
                           done=done, audit=audit, metrics=metrics)
+    sc_form = ScForm(settings.node_sc_max_size, settings.node_sc_transfer_syntax == "jpeg-baseline")
     segmenter = Segmenter(spool, engine, settings.node_outputs, settings.node_threshold, deliverer,
-                          done=done, audit=audit, metrics=metrics)
+                          done=done, audit=audit, metrics=metrics, sc_form=sc_form)
     ae = build_ae(settings.node_ae_title, allow)
-    handlers = [(evt.EVT_C_ECHO, handle_echo), *association_handlers(allow, audit),
+    handlers = [(evt.EVT_C_ECHO, handle_echo), *association_handlers(allow, audit, metrics),
                 (evt.EVT_C_STORE, store_handler(spool, engine.selection, segmenter.wake,
                                                 audit, metrics))]
     if allow.any_caller:
         log.warning("no COVIDSEG_NODE_ALLOWED_CALLERS: any calling AE title may store to this node")
     deliverer.start()
     segmenter.start()
+    heartbeat = Heartbeat(spool, [segmenter, deliverer], settings.node_heartbeat_interval)
+    heartbeat.start()  # after the workers: it marks only threads that run
     server = ae.start_server((settings.node_host, settings.node_port), block=False, evt_handlers=handlers)
     audit.record("node-started", description=f"listening; results {','.join(settings.node_outputs)} by "
                  f"{'; '.join(s.describe() for s in senders)}", source=me)
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping: new associations refused, queued work stays in the spool")
     server.shutdown()
+    heartbeat.stop()  # first: workers that end on purpose are no failure to report
     for worker in (segmenter, deliverer):
         worker.stop()
     segmenter.join(timeout=120)  # finishes the image in hand; its results are on disk before it ends

@@ -43,6 +43,7 @@ EVENTS: dict[str, tuple[tuple[str, str], str, tuple[str, str] | None]] = {
     "node-stopped": (_APPLICATION, "E", ("110121", "Application Stop")),
     "association-accepted": (_SECURITY_ALERT, "E", _NODE_AUTHENTICATION),
     "association-rejected": (_SECURITY_ALERT, "E", _NODE_AUTHENTICATION),
+    "presentation-contexts-refused": (_SECURITY_ALERT, "E", _NODE_AUTHENTICATION),
     "instance-queued": (_TRANSFERRED, "C", None),
     "instance-not-selected": (_TRANSFERRED, "C", None),
     "instance-refused": (_TRANSFERRED, "C", None),

@@ -30,9 +30,12 @@ CREATE INDEX IF NOT EXISTS result_key ON result (key);
 """
 
 
-def done_key(sop_instance_uid: str, model_sha256: str, threshold: float, tta: str, kinds: Iterable[str]) -> str:
-    """The same for the same instance, model and settings (threshold as the result UIDs spell it)."""
-    parts = ["covidseg-done-v1", sop_instance_uid, model_sha256, canonical_threshold(threshold), tta, *sorted(kinds)]
+def done_key(sop_instance_uid: str, model_sha256: str, threshold: float, tta: str, kinds: Iterable[str],
+             sc_form: Iterable[str] = ()) -> str:
+    """The same for the same instance, model and settings (threshold as the result UIDs spell it; ``sc_form``
+    the names of a smaller SC, which is another object: none for the full-size one, so its keys stay as they were)."""
+    parts = ["covidseg-done-v1", sop_instance_uid, model_sha256, canonical_threshold(threshold), tta, *sorted(kinds),
+             *sc_form]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -30,6 +30,11 @@ class NodeMetrics:
                                 "instances received by C-STORE, by outcome: queued, not_selected (skipped by "
                                 "the selection rules), refused (cannot be parsed), spool_error (0xA700)",
                                 ["outcome"], registry=r)
+        self.refused_contexts = Counter("covidseg_node_presentation_contexts_refused_total",
+                                        "presentation contexts refused in accepted associations, by reason: "
+                                        "abstract_syntax_not_supported (a SOP class the node does not store), "
+                                        "transfer_syntaxes_not_supported, user_rejection, no_reason",
+                                        ["reason"], registry=r)
         self.segmented = Counter("covidseg_node_instances_segmented_total", "instances segmented", registry=r)
         self.already_done = Counter("covidseg_node_instances_already_done_total",
                                     "re-sent instances skipped: already segmented with this model and settings",

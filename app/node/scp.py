@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
@@ -137,12 +138,53 @@ def callee_of(assoc: Association) -> Participant:
     return Participant(assoc.acceptor.ae_title, address, port)
 
 
-def association_handlers(allow: AllowList, audit=None) -> list[tuple]:
-    """EVT_ACCEPTED and EVT_REJECTED: one audit record per association, a log line per rejection."""
-    audit = audit or NoAudit()
+#: PS3.8 Table 9-18, result/reason of a presentation context refused by the acceptor -> the metric's label.
+REFUSAL_REASONS = {0x01: "user_rejection", 0x02: "no_reason", 0x03: "abstract_syntax_not_supported",
+                   0x04: "transfer_syntaxes_not_supported"}
+#: SOP classes a log line names at most (a dcmtk storescu proposes some 120 by default); the audit record has all.
+NAMED_IN_LOG = 3
+
+
+def sop_class_name(abstract_syntax: str) -> str:
+    """A SOP class by its name (a UID pydicom does not know: "an unknown SOP class"), for the ordinary log."""
+    name = UID(abstract_syntax).name
+    return "an unknown SOP class" if name == abstract_syntax else name
+
+
+def refused_contexts(assoc: Association, audit, metrics: NodeMetrics) -> None:
+    """Presentation contexts the node refused in an association it accepted (a SOP class it does not
+    store, a transfer syntax it cannot read): a caller would otherwise learn why nothing arrives only from
+    its own side. Logged by SOP class name (no UID), audited with the SOP Class UIDs, counted by reason."""
+    refused = assoc.rejected_contexts
+    if not refused:
+        return
+    caller = caller_of(assoc)
+    sop_classes = sorted({str(cx.abstract_syntax) for cx in refused})
+    reasons = {REFUSAL_REASONS.get(cx.result, "no_reason") for cx in refused}
+    for cx in refused:
+        metrics.refused_contexts.labels(REFUSAL_REASONS.get(cx.result, "no_reason")).inc()
+    names = sorted({sop_class_name(uid) for uid in sop_classes})
+    named = ", ".join(names[:NAMED_IN_LOG]) + (f" and {len(names) - NAMED_IN_LOG} more" if len(names) > NAMED_IN_LOG
+                                                 else "")
+    # none accepted: whatever the caller meant to send cannot come; else a caller proposing broadly (storescu)
+    useful = any(cx.abstract_syntax != Verification for cx in assoc.accepted_contexts)
+    (log.info if useful else log.warning)(
+        "association from %s at %s: %d presentation context(s) refused (%s): %s", caller.user_id, caller.address,
+        len(refused), ", ".join(sorted(r.replace("_", " ") for r in reasons)), named)
+    audit.record("presentation-contexts-refused", MINOR_FAILURE,
+                 f"{len(refused)} presentation context(s) refused ({', '.join(sorted(reasons))}) for "
+                 f"{len(sop_classes)} SOP class(es); {len(assoc.accepted_contexts)} accepted",
+                 source=caller, destination=callee_of(assoc), RefusedSOPClassUIDs=sop_classes)
+
+
+def association_handlers(allow: AllowList, audit=None, metrics: NodeMetrics | None = None) -> list[tuple]:
+    """EVT_ACCEPTED and EVT_REJECTED: one audit record per association (and one for the presentation
+    contexts refused in it), a log line per rejection and per association with refused contexts."""
+    audit, metrics = audit or NoAudit(), metrics or NodeMetrics()
 
     def accepted(event: evt.Event) -> None:
         audit.record("association-accepted", source=caller_of(event.assoc), destination=callee_of(event.assoc))
+        refused_contexts(event.assoc, audit, metrics)
 
     def rejected(event: evt.Event) -> None:
         caller = caller_of(event.assoc)

@@ -4,9 +4,11 @@ A connection that cannot be made or breaks is *transient* (:class:`DestinationDo
 stays queued and delivery is tried again later. A destination that answers but refuses the
 object (a C-STORE failure status, a STOW-RS 4xx but 408 and 429) is *final* for that object (:class:`Refused`).
 
-By C-STORE the Secondary Capture (an RGB image: 12 MB uncompressed at 2048 px) is offered compressed
-as well (``COVIDSEG_NODE_SC_TRANSFER_SYNTAX``, lossless), in a presentation context of its own beside the
-uncompressed one: compressed when the destination accepts that context, uncompressed otherwise.
+By C-STORE the Secondary Capture (an RGB image: 12.6 MB uncompressed at 2048 px) is offered compressed
+as well (``COVIDSEG_NODE_SC_TRANSFER_SYNTAX``), in a presentation context of its own beside the
+uncompressed one: compressed when the destination accepts that context, uncompressed otherwise, and under
+its own SOP Instance UID either way. ``jpeg-baseline`` is lossy: the segmenter makes the SC so (its own UID),
+and it is sent as made, or decoded for a destination that does not take JPEG baseline.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from dataclasses import dataclass
 
 import httpx
 import pydicom
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import UID, SecondaryCaptureImageStorage
 from pynetdicom import AE
 from pynetdicom.association import Association
 
 from app.core.config import get_settings
-from app.node.transfer import SC_TRANSFER_SYNTAXES, SENT_TRANSFER_SYNTAXES
+from app.node.transfer import LOSSLESS_SC_SYNTAXES, SC_TRANSFER_SYNTAXES, SENT_TRANSFER_SYNTAXES
 from app.pacs.dicomweb import DicomWebClient
 from app.pacs.service_client import is_retryable_status
 
@@ -68,7 +70,8 @@ class CStoreSender:
         name = get_settings().node_sc_transfer_syntax if sc_transfer_syntax is None else sc_transfer_syntax
         if name not in SC_TRANSFER_SYNTAXES:
             raise ValueError(f"an SC transfer syntax is one of {', '.join(SC_TRANSFER_SYNTAXES)}, got {name!r}")
-        self.sc_syntax = SC_TRANSFER_SYNTAXES[name]
+        syntax = SC_TRANSFER_SYNTAXES[name]
+        self.sc_syntax = UID(syntax) if syntax else None
 
     def describe(self) -> str:
         d = self.destination
@@ -83,21 +86,37 @@ class CStoreSender:
             if sop_class == SecondaryCaptureImageStorage and self.sc_syntax:
                 self.ae.add_requested_context(sop_class, [self.sc_syntax])
 
-    def accepts_compressed_sc(self, assoc: Association) -> bool:
-        return bool(self.sc_syntax) and any(
-            cx.abstract_syntax == SecondaryCaptureImageStorage and cx.transfer_syntax[0] == self.sc_syntax
-            for cx in assoc.accepted_contexts)
+    def accepts(self, assoc: Association, sop_class: str, syntax: str) -> bool:
+        return any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
+                   for cx in assoc.accepted_contexts)
 
     def as_accepted(self, data: bytes, ds: pydicom.Dataset, assoc: Association) -> pydicom.Dataset:
-        """``ds`` (read from ``data``) compressed when it is an uncompressed SC and the destination accepted
-        the compressed context; otherwise as it is."""
-        if (ds.SOPClassUID != SecondaryCaptureImageStorage or ds.file_meta.TransferSyntaxUID.is_compressed
-                or not self.accepts_compressed_sc(assoc)):
+        """``ds`` (read from ``data``) in a syntax the destination accepted, always under its own SOP Instance
+        UID (pydicom gives a dataset a new one by default when it compresses or decompresses it): the PACS
+        holds the instance the audit log names, and a re-delivery replaces it instead of adding a second SC.
+        An uncompressed SC is compressed losslessly when the destination accepted that context; a compressed
+        one (made lossy by the node) is decoded when the destination did not accept its own syntax (its Lossy
+        Image Compression stays 01: decoding makes no other image); anything else goes as it is."""
+        if ds.SOPClassUID != SecondaryCaptureImageStorage:
+            return ds
+        syntax = ds.file_meta.TransferSyntaxUID
+        if syntax.is_compressed:
+            if self.accepts(assoc, SecondaryCaptureImageStorage, syntax):
+                return ds
+            decoded = pydicom.dcmread(io.BytesIO(data))
+            try:
+                decoded.decompress(generate_instance_uid=False)
+            except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise many types: send it as made
+                log.warning("could not decode the Secondary Capture for a destination that did not accept its "
+                            "transfer syntax (%s): sent as made", type(exc).__name__)
+                return ds
+            return decoded
+        # lossless only: a lossy SC is made so by the segmenter, never converted here (it would be another image)
+        if self.sc_syntax not in LOSSLESS_SC_SYNTAXES or \
+                not self.accepts(assoc, SecondaryCaptureImageStorage, self.sc_syntax):
             return ds
         compressed = pydicom.dcmread(io.BytesIO(data))  # a copy: a failed encoding leaves ``ds`` whole
         try:
-            # the SC keeps its own UID (pydicom gives a compressed dataset a new one by default): the PACS holds
-            # the instance the audit log names, and a re-delivery replaces it instead of adding a second SC
             compressed.compress(self.sc_syntax, generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001 - an encoder missing or refusing the image: send it uncompressed
             log.warning("a Secondary Capture is sent uncompressed: it could not be compressed (%s)",

@@ -9,7 +9,7 @@ the rename survives a power loss. Items leave the spool as soon as their results
     outgoing/  results waiting to be delivered
     failed/    instances that could not be segmented, results the destination refused or that cannot be read,
                kept for an administrator (never retried by themselves)
-    .alive-*   empty files each worker touches while it runs (``python -m app.node.health``)
+    .alive-*   empty files renewed for each live worker every few seconds (``python -m app.node.health``)
     done.sqlite  the instances already done, so one sent again is not segmented again (app.node.done)
     audit/     the audit log, unless COVIDSEG_NODE_AUDIT_LOG puts it elsewhere (app.node.audit)
 """

@@ -15,9 +15,11 @@ Both record what they do in the audit log (app.node.audit) and count it (app.nod
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +42,7 @@ from app.node.done import DoneRecord, done_key
 from app.node.metrics import NodeMetrics
 from app.node.sender import DestinationDown, Refused
 from app.node.spool import Spool
+from app.pipeline.dicom.common import ScForm
 from app.pipeline.dicom.read import DICOM_MEDIA_TYPE, looks_like_bare_dataset
 from app.pipeline.errors import PipelineError
 from app.pipeline.judge import JUDGEMENT_CODES
@@ -53,6 +56,52 @@ class Sender(Protocol):
     def send(self, items: list[bytes]) -> list[Exception | None]: ...
 
 
+#: A worker with no progress for this long is taken as hung: its mark is no longer renewed, so the
+#: health check fails. Longer than any one legitimate step (one image, one delivery attempt of a batch).
+STUCK_AFTER_S = 600.0
+
+
+def mark(spool: Spool, worker: str) -> None:
+    try:
+        spool.beat(worker)
+    except OSError:
+        pass  # a spool that cannot be written shows in the work itself
+
+
+class Heartbeat(threading.Thread):
+    """Marks each worker alive in the spool every ``interval`` seconds while its thread runs and has made
+    progress within ``stuck_after`` seconds. Separate from the work: a worker busy with one long image or
+    delivery stays marked alive (up to ``stuck_after``); a killed process, a dead thread or a hung one
+    stop being marked, so ``python -m app.node.health`` fails within its limit (about a minute) of that."""
+
+    def __init__(self, spool: Spool, workers: list[SpoolWorker], interval: float,
+                 stuck_after: float = STUCK_AFTER_S):
+        super().__init__(name="heartbeat", daemon=True)
+        self.spool, self.workers, self.interval, self.stuck_after = spool, workers, interval, stuck_after
+        self.stopping = threading.Event()
+        self.reported: set[str] = set()  # workers already logged as dead or hung: once each, not every beat
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def beat_once(self) -> None:
+        for worker in self.workers:
+            idle = time.monotonic() - worker.progress
+            if worker.is_alive() and idle < self.stuck_after:
+                mark(self.spool, worker.name)
+                self.reported.discard(worker.name)
+            elif worker.name not in self.reported:
+                self.reported.add(worker.name)
+                why = f"no progress for {idle:.0f} s" if worker.is_alive() else "its thread has ended"
+                log.error("the %s is no longer marked alive (%s): the node's health check will fail", worker.name, why)
+
+    def run(self) -> None:
+        while True:
+            self.beat_once()
+            if self.stopping.wait(self.interval):
+                return
+
+
 class SpoolWorker(threading.Thread):
     """A thread that drains one spool folder whenever woken, and at least every ``poll`` seconds."""
 
@@ -62,6 +111,7 @@ class SpoolWorker(threading.Thread):
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.poll = poll
+        self.progress = time.monotonic()  # when it last passed a point of progress (:meth:`beat`)
 
     def wake(self) -> None:
         self.woken.set()
@@ -71,11 +121,18 @@ class SpoolWorker(threading.Thread):
         self.woken.set()
 
     def beat(self) -> None:
-        """Alive, for the health check: at every pass and every item, so a dead or stuck worker shows."""
-        try:
-            self.spool.beat(self.name)
-        except OSError:
-            pass  # a spool that cannot be written shows in the work itself
+        """Alive and making progress, for the health check: at every pass, every item and every slice of a
+        wait, so a dead or stuck worker shows. The :class:`Heartbeat` carries the mark on through one long item."""
+        self.progress = time.monotonic()
+        mark(self.spool, self.name)
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (or until stopped), marking alive every ``poll`` seconds meanwhile: a backoff of a
+        minute is no sign of a dead worker."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.beat()
+            self.stopping.wait(min(self.poll, left))
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -137,10 +194,12 @@ def header_or_none(data: bytes) -> Header | None:
 class Segmenter(SpoolWorker):
     def __init__(self, spool: Spool, engine: Engine, outputs: list[str], threshold: float | None,
                  deliverer: Deliverer, done: DoneRecord | None = None, audit=None,
-                 metrics: NodeMetrics | None = None):
+                 metrics: NodeMetrics | None = None, sc_form: ScForm = ScForm()):
+        """``sc_form``: the smaller Secondary Capture the site chose (COVIDSEG_NODE_SC_MAX_SIZE, jpeg-baseline)."""
         super().__init__("segmenter", spool)
         # threshold None: the card's, as the engine resolves it
         self.engine, self.outputs, self.threshold = engine, outputs, engine.threshold(threshold)
+        self.sc_form = sc_form
         self.deliverer, self.done = deliverer, done
         self.audit, self.metrics = audit or NoAudit(), metrics or NodeMetrics()
 
@@ -183,7 +242,8 @@ class Segmenter(SpoolWorker):
         if self.done is None or source is None or not source.sop_instance_uid:
             return None
         return done_key(source.sop_instance_uid, self.engine.model.info.sha256, self.threshold,
-                        self.engine.tta(None), self.outputs)
+                        self.engine.tta(None), self.outputs,
+                        self.sc_form.names() if "sc" in self.outputs else ())
 
     def skip_if_done(self, path: Path, key: str, source: Header) -> bool:
         """True (and the received copy removed) when this instance's results were made already."""
@@ -222,6 +282,8 @@ class Segmenter(SpoolWorker):
         its first bytes (a spool item is one)."""
         loaded = self.engine.read(data, content_type=DICOM_MEDIA_TYPE, selection=False)
         results = self.engine.results(self.engine.segment([loaded], self.threshold)[0], loaded)
+        if not self.sc_form.is_full:  # the SC made smaller here, so the audit log names the object delivered
+            results = dataclasses.replace(results, options=dataclasses.replace(results.options, sc_form=self.sc_form))
         return {kind: results.dicom(kind) for kind in self.outputs}
 
 
@@ -262,7 +324,7 @@ class Deliverer(SpoolWorker):
                 wait = self.backoff(self._state())
                 log.warning("destination unreachable (%s); %d result(s) queued, next attempt in %.1f s",
                             exc, len(self.spool.items(self.spool.outgoing)), wait)
-                self.stopping.wait(wait)
+                self.pause(wait)
 
     def _state(self) -> RetryCallState:
         """tenacity's waits read the attempt number off a call state."""

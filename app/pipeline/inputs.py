@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from app.pipeline.dicom.read import looks_like_dicom, parse_dicom, read_dicom
 from app.pipeline.errors import PipelineError, Problem
-from app.pipeline.load import LoadedImage, load_image_bytes
+from app.pipeline.load import LoadedImage, load_image_bytes, open_image
 
 if TYPE_CHECKING:
     import pydicom
@@ -38,6 +38,19 @@ def parse_upload(data: bytes, filename: str | None = None, content_type: str | N
     if looks_like_dicom(data, filename, content_type):
         return ParsedInput(data, parse_dicom(data))
     return ParsedInput(data)
+
+
+def declared_pixels(parsed: ParsedInput) -> int:
+    """The pixels the input will decode to, as its header declares them (all frames of a DICOM), before any is
+    decoded: what admission by memory counts. 0 when the header does not say; decoding then refuses the file."""
+    if parsed.dataset is not None:
+        try:
+            frames = int(parsed.dataset.get("NumberOfFrames", 1) or 1)
+            return max(int(parsed.dataset.Rows) * int(parsed.dataset.Columns) * max(frames, 1), 0)
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            return 0
+    with open_image(parsed.data) as image:
+        return image.width * image.height
 
 
 def decode_parsed(parsed: ParsedInput, max_pixels: int) -> LoadedImage:

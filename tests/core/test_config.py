@@ -93,3 +93,14 @@ def test_microbatching_defaults_on_for_cuda_and_off_for_cpu():
     assert Settings().microbatch_wait_s("CPUExecutionProvider") == 0
     assert Settings(microbatch_wait_ms=0).microbatch_wait_s("CUDAExecutionProvider") == 0
     assert Settings(microbatch_wait_ms=5).microbatch_wait_s("CPUExecutionProvider") == 0.005
+
+
+def test_without_a_model_path_the_cpu_serves_the_int8_model_and_cuda_the_fp32_one():
+    from app.core.config import DEFAULT_MODEL_PATH, INT8_MODEL_PATH, Settings
+
+    settings = Settings(model_path=None)
+    assert settings.model_for(["CPUExecutionProvider"])[0] == INT8_MODEL_PATH
+    assert settings.model_for(["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == DEFAULT_MODEL_PATH
+    assert INT8_MODEL_PATH.is_file() and INT8_MODEL_PATH.with_suffix(".card.json").is_file()
+    chosen = Settings(model_path=DEFAULT_MODEL_PATH).model_for(["CPUExecutionProvider"])
+    assert chosen == (DEFAULT_MODEL_PATH, "COVIDSEG_MODEL_PATH")  # an explicit path wins

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests import servers
 from tests.conftest import fixture_images
@@ -27,8 +28,10 @@ def log_after(log: Path, start: int, requests: int, seconds: float = 30) -> str:
         time.sleep(0.2)
 
 
-def test_a_corrupt_jpeg_dicom_and_a_cut_png_are_one_warning_each_without_traceback(tmp_path: Path):
-    corrupt = with_garbage_frame(make_cxr_dicom(COVID, compress="jpeg-baseline", patient_name=SECRET))
+@pytest.mark.parametrize("compress", ["jpeg-baseline", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"],
+                         ids=["jpeg", "jpeg-ls", "jpeg2000"])
+def test_a_corrupt_compressed_dicom_and_a_cut_png_are_one_warning_each_without_traceback(tmp_path: Path, compress):
+    corrupt = with_garbage_frame(make_cxr_dicom(COVID, compress=compress, patient_name=SECRET))
     cut_png = COVID.read_bytes()[:400]
     log = tmp_path / "service.log"
     with servers.service(log=log, COVIDSEG_LOG_LEVEL="info") as url:  # info: the default level

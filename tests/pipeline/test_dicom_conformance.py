@@ -202,3 +202,19 @@ def test_sources_without_the_uids_results_reference_are_refused(shared: Shared, 
                                files={"file": ("x.dcm", variant(shared.base, {keyword: None}), "application/dicom")})
     assert r.status_code == 422 and r.json()["code"] == "incomplete_dicom", r.text
     assert keyword in r.json()["detail"]
+
+
+def test_a_writers_refusal_is_incomplete_dicom_without_the_values_it_quotes(shared: Shared, monkeypatch):
+    """highdicom's and pydicom's messages quote the source's values ("could not convert string to float: 'a'",
+    a name...): the refusal names the kind of problem, never the value (issue 29, point 9)."""
+    import app.engine.results as results
+
+    def refuses(*args, **kwargs):
+        raise ValueError("could not convert string to float: 'SMITH^JOHN'")
+
+    monkeypatch.setattr(results, "write_result", refuses)
+    loaded = load_dicom_bytes(variant(shared.base, {}), MAX_PIXELS)
+    with pytest.raises(PipelineError) as err:
+        dicom_of("sr", shared.seg, loaded, shared.model, ResultOptions())
+    assert err.value.code == "incomplete_dicom" and "dicom-sr" in err.value.message
+    assert "SMITH" not in err.value.message and "ValueError" in err.value.message

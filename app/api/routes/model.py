@@ -25,7 +25,7 @@ async def model_card(service: ServiceDep, settings: SettingsDep) -> dict[str, An
         "loaded": {"name": info.name, "version": info.version, "sha256": info.sha256,
                    "providers": list(info.providers), "input_size": info.input_size,
                    "precision": "int8" if info.quantization else "fp32", "quantization": info.quantization,
-                   "tta_default": engine.default_tta},
+                   "tta_default": engine.default_tta, "chosen_by": engine.model_choice},
         "default_threshold": engine.default_threshold,
         "region_peak_threshold": engine.region_peak_threshold,
         "input_judgement": {**card.get("input_judgement", {}), "limits": engine.judge_limits.as_dict(),

@@ -11,6 +11,7 @@ from app.api.deps import ServiceDep, SettingsDep
 from app.api.schemas import (ERROR_RESPONSES, BatchResponse, ModelIdentity, OutputFormat, PngOutput,
                              SegmentResponse, SegmentResult)
 from app.core.config import Settings
+from app.core.disconnect import unless_client_leaves
 from app.pipeline.errors import PipelineError, Problem
 from app.services.outputs import Finished, OutputSpec
 from app.services.segmentation import SegmentationService, Timings, Upload
@@ -118,7 +119,8 @@ async def segment(request: Request, service: ServiceDep, settings: SettingsDep,
     spec = OutputSpec(format, service.engine.threshold(threshold), output, OutputSpec.parse_include(include), tta,
                       apply_selection=selection == "apply", kinds=OutputSpec.parse_outputs(outputs, format))
     timings = Timings()
-    finished = (await service.process([await read_upload(file, settings)], spec, timings))[0]
+    upload = await read_upload(file, settings)
+    finished = (await unless_client_leaves(request.receive, service.process([upload], spec, timings)))[0]
     if finished.payload is not None:
         return binary_answer(finished, service)
     return json_answer(SegmentResponse(**finished.fields, request_id=request.state.request_id,
@@ -139,7 +141,7 @@ async def segment_batch(request: Request, service: ServiceDep, settings: Setting
                       include=OutputSpec.parse_include(include), tta=tta, apply_selection=selection == "apply")
     timings = Timings()
     uploads = [await read_upload(f, settings, index=i) for i, f in enumerate(files)]
-    finished = await service.process(uploads, spec, timings)
+    finished = await unless_client_leaves(request.receive, service.process(uploads, spec, timings))
     return json_answer(BatchResponse(request_id=request.state.request_id,
                                      model=ModelIdentity(**service.model_identity()), threshold=spec.threshold,
                                      results=[SegmentResult(**f.fields) for f in finished],

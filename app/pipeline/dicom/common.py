@@ -54,11 +54,38 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class ScForm:
+    """A smaller Secondary Capture than the full-size lossless one, for sites that find that too large (the
+    node's ``COVIDSEG_NODE_SC_MAX_SIZE`` and ``COVIDSEG_NODE_SC_TRANSFER_SYNTAX=jpeg-baseline``): its longer
+    side at most ``max_side`` px (0: the source's), and/or lossy JPEG baseline. Either makes other pixels,
+    so another object: its SOP Instance UID derives from the full-size one and :meth:`names` (PS3.3
+    C.7.6.1.1.5: a lossy compressed version of an image gets a new SOP Instance UID)."""
+
+    max_side: int = 0
+    lossy_jpeg: bool = False
+
+    @property
+    def is_full(self) -> bool:
+        return not self.max_side and not self.lossy_jpeg
+
+    def applied_to(self, rows: int, columns: int) -> ScForm:
+        """The form as it applies to an image of ``rows`` x ``columns``: no reduction for one already small enough
+        (then, without lossy JPEG, the full-size capture itself, under its own UID)."""
+        return ScForm(self.max_side if max(rows, columns) > self.max_side else 0, self.lossy_jpeg)
+
+    def names(self) -> tuple[str, ...]:
+        """What makes this form another object, for its UID and the node's done record (none when full)."""
+        return ((f"max_side={self.max_side}",) if self.max_side else ()) + (("jpeg-baseline",) if self.lossy_jpeg
+                                                                             else ())
+
+
+@dataclass(frozen=True)
 class ResultOptions:
     """Operator settings for the written objects."""
 
     series_numbers: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SERIES_NUMBERS))
     institution_name: str | None = None
+    sc_form: ScForm = ScForm()
 
     def series_number(self, kind: str) -> int:
         return self.series_numbers.get(kind, DEFAULT_SERIES_NUMBERS[kind])

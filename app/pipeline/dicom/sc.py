@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import highdicom as hd
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from app.pipeline.dicom.common import MANUFACTURER, finish_result
+from app.pipeline.dicom.common import MANUFACTURER, ScForm, derived_uid, finish_result
 from app.pipeline.dicom.context import ResultContext
 from app.pipeline.dicom.source import instance_number, patient_orientation
 from app.pipeline.render import overlay_rgb
@@ -31,6 +34,9 @@ LATERALITIES = ("R", "L")
 #: highdicom accepts only single-letter orientations ("FL" fails): it gets this, and the capture
 #: then the source's own (:func:`patient_orientation`).
 ANY_ORIENTATION = ("L", "F")
+#: JPEG baseline quality of a lossy capture (``ScForm.lossy_jpeg``): the burned-in text stays sharp-edged
+#: enough to read at the smallest type, at about a tenth of the lossless size (bench/RESULTS.md, SC size).
+JPEG_QUALITY = 90
 
 
 def summary_line(ctx: ResultContext) -> str:
@@ -57,8 +63,14 @@ def fitted_lines(draw: ImageDraw.ImageDraw, text: str, width: int) -> tuple[list
     return lines, font
 
 
-def burned_in_overlay(ctx: ResultContext) -> np.ndarray:
+def burned_in_overlay(ctx: ResultContext, max_side: int = 0) -> np.ndarray:
+    """The overlay with the summary burned in; its longer side reduced to ``max_side`` first (0: as is), so
+    the text is drawn at the reduced size, as sharp as on a full-size capture."""
     image = Image.fromarray(overlay_rgb(ctx.gray, ctx.seg.infection_mask, ctx.seg.lung_mask))
+    if max_side and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(image)
     lines, font = fitted_lines(draw, summary_line(ctx), image.width - 8)
     step = font.size + 3
@@ -84,13 +96,41 @@ def series_laterality(source: pydicom.Dataset, sc: pydicom.Dataset) -> str | Non
     return value if value in LATERALITIES else ""
 
 
+def as_jpeg_baseline(sc: pydicom.Dataset, quality: int = JPEG_QUALITY) -> None:
+    """Encode ``sc`` (RGB, 8-bit, native) lossy as JPEG baseline (ISO 10918-1, by Pillow: pydicom has no such
+    encoder) in place: YBR_FULL_422 with 4:2:2 chroma as that interpretation says, and the Lossy Image
+    Compression attributes (PS3.3 C.7.6.1.1.5) a viewer shows to say the pixels are not the original's."""
+    rgb = sc.pixel_array
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality, subsampling=1)  # 1: 4:2:2
+    frame = buf.getvalue()
+    sc.PixelData = encapsulate([frame])
+    sc["PixelData"].VR = "OB"
+    sc.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    sc.PhotometricInterpretation = "YBR_FULL_422"
+    sc.PlanarConfiguration = 0
+    sc.LossyImageCompression = "01"
+    sc.LossyImageCompressionRatio = f"{rgb.nbytes / len(frame):.2f}"
+    sc.LossyImageCompressionMethod = "ISO_10918_1"
+
+
+def form_description(form: ScForm, rows: int, columns: int) -> str:
+    """What a reduced capture is, for its DerivationDescription (empty for the full-size lossless one)."""
+    parts = [f"reduced to {columns}x{rows}"] if form.max_side else []
+    parts += [f"lossy JPEG baseline, quality {JPEG_QUALITY}"] if form.lossy_jpeg else []
+    return f"; {', '.join(parts)}" if parts else ""
+
+
 def write_secondary_capture(ctx: ResultContext) -> pydicom.Dataset:
     source, ident = ctx.source, ctx.identity(KIND)
+    form = ctx.options.sc_form.applied_to(*ctx.gray.shape[:2])
+    # a reduced capture is another object than the full-size one: a UID of its own, in the same series
+    sop_instance_uid = ident.sop_instance_uid if form.is_full else derived_uid(ident.sop_instance_uid, *form.names())
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=burned_in_overlay(ctx), photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=ident.series_instance_uid,
+        ref_dataset=source, pixel_array=burned_in_overlay(ctx, form.max_side), photometric_interpretation="RGB",
+        bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=ident.series_instance_uid,
         series_number=ctx.options.series_number(KIND),
-        sop_instance_uid=ident.sop_instance_uid, instance_number=instance_number(source),
+        sop_instance_uid=sop_instance_uid, instance_number=instance_number(source),
         manufacturer=MANUFACTURER, patient_orientation=ANY_ORIENTATION, transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.PatientOrientation = patient_orientation(source)
@@ -103,6 +143,8 @@ def write_secondary_capture(ctx: ResultContext) -> pydicom.Dataset:
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [reference]
-    sc.DerivationDescription = summary_line(ctx)
+    sc.DerivationDescription = summary_line(ctx) + form_description(form, sc.Rows, sc.Columns)
     finish_result(sc, source, KIND, ctx.model, ctx.options)
+    if form.lossy_jpeg:
+        as_jpeg_baseline(sc)
     return sc
