@@ -135,11 +135,12 @@ def histogram_sum(url: str, name: str) -> float:
 
 
 def test_overload_is_shed_with_503_and_retry_after_instead_of_queued(tmp_path: Path):
-    bound = 4.0
+    # 24 clients of 3000 px images (0.3-0.5 s each, one at a time): a queue of several times the bound
+    bound = 3.0
     log = tmp_path / "service.log"
     with service(log, COVIDSEG_IMAGE_CONCURRENCY="1", COVIDSEG_MAX_QUEUE_WAIT_S=str(bound),
                  COVIDSEG_LOG_LEVEL="info") as url:
-        image = png_of_side(2048)
+        image = png_of_side(3000)
         stop = time.monotonic() + 25
 
         def client(_: int) -> list[tuple[int, float, str | None, str | None]]:
@@ -154,8 +155,8 @@ def test_overload_is_shed_with_503_and_retry_after_instead_of_queued(tmp_path: P
                         time.sleep(0.2)
             return seen
 
-        with ThreadPoolExecutor(16) as pool:
-            answers = [a for seen in pool.map(client, range(16)) for a in seen]
+        with ThreadPoolExecutor(24) as pool:
+            answers = [a for seen in pool.map(client, range(24)) for a in seen]
         timed = histogram_count(url, "covidseg_request_duration_seconds", route="/segment")
         counted = requests_counted(url)
         waits = histogram_count(url, "covidseg_admission_wait_seconds")
