@@ -240,3 +240,15 @@ def test_inverse_presentation_inverts_monochrome2_and_monochrome1_only_once():
     assert np.array_equal(load_dicom_bytes(with_lut_shape(stored_inverted, "INVERSE"), 10 ** 8).gray, mono1)
     identity = load_dicom_bytes(with_lut_shape(make_cxr_dicom(COVID, bits=8), "IDENTITY"), 10 ** 8).gray
     assert np.array_equal(identity, plain)
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)) * 20, b"hello world\n"], ids=["random-bytes", "text"])
+@pytest.mark.parametrize("how", [{"filename": "x.dcm"}, {"content_type": "application/dicom"}], ids=["named", "sent"])
+def test_bytes_only_named_or_sent_as_dicom_are_corrupt_dicom_not_a_refused_modality(service_client, data, how):
+    """A gateway sending junk as .dcm is a damaged-file warning (400 corrupt_dicom), not a selection refusal
+    ("no Modality") that would point at selection=ignore."""
+    client, _ = service_client
+    name, media = how.get("filename", "x.bin"), how.get("content_type", "application/octet-stream")
+    for selection in ("apply", "ignore"):
+        r = client.post(f"/segment?selection={selection}", files={"file": (name, data, media)})
+        assert r.status_code == 400 and r.json()["code"] == "corrupt_dicom", r.text

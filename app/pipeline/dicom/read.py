@@ -51,12 +51,15 @@ FIRST_GROUPS = (0x0002, 0x0008)
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
+def has_dicom_content(data: bytes) -> bool:
+    """DICOM by content alone: the 'DICM' marker after the 128-byte preamble, or a bare dataset's first elements."""
+    return (len(data) >= 132 and data[128:132] == b"DICM") or looks_like_bare_dataset(data)
+
+
 def looks_like_dicom(data: bytes, filename: str | None = None, content_type: str | None = None) -> bool:
     """DICOM by content (the 'DICM' marker after the 128-byte preamble, or a bare dataset's first
     elements), media type or extension."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return True
-    if looks_like_bare_dataset(data):
+    if has_dicom_content(data):
         return True
     if any(data.startswith(magic) for magic in SIGNATURES.values()):
         return False  # a PNG or JPEG by its own signature, whatever it was named or sent as
@@ -108,6 +111,10 @@ def parse_dicom(data: bytes) -> pydicom.Dataset:
     parsed is a 400."""
     with corrupt_unless_understood("the DICOM file cannot be parsed"):
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    if not has_dicom_content(data) and "SOPClassUID" not in ds:
+        # only its name (.dcm) or media type said DICOM: pydicom's forced read of other bytes finds nothing real
+        raise PipelineError(Problem.CORRUPT, "corrupt_dicom", "the file was sent as DICOM (by its name or media "
+                                                              "type) but its content is not a DICOM dataset")
     read_every_attribute(ds)
     with corrupt_unless_understood("the DICOM file cannot be parsed"):
         set_parsed_transfer_syntax(ds)
